@@ -1,0 +1,33 @@
+"""The `process` backend: UNSAFE. Warm workers as plain local processes.
+
+Jobs run as the service's own user with rlimits (address space, CPU time, open
+files) and a private working directory, nothing more: they can read the service's
+files, reach the network and signal any process the service can. Use it only where
+bubblewrap and docker cannot run, and only by naming it; every record it returns
+says `unsafe=True` and every log line says UNSAFE.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sandbox.base import ExecutionRecord, Limits, Program
+from sandbox.pool import CLEAN_ENV, WARM_SOURCE, WarmSandbox, Worker, default_python, spawn_process
+
+logger = logging.getLogger(__name__)
+
+
+class ProcessSandbox(WarmSandbox):
+    name = "process"
+    unsafe = True
+
+    async def _spawn(self, slot: int, limits: Limits) -> Worker:
+        logger.warning(
+            "%s: starting worker %d; jobs will run as this user, unconfined", self.label, slot
+        )
+        argv = [default_python(self.settings.python), "-c", WARM_SOURCE, "plain"]
+        return await spawn_process(argv, self.label, CLEAN_ENV)
+
+    async def run(self, program: Program, limits: Limits | None = None) -> ExecutionRecord:
+        logger.debug("%s: running %r", self.label, program.command)
+        return await super().run(program, limits)

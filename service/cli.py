@@ -1,0 +1,157 @@
+"""The `opsd` command line: offline training and the tiny model (more commands join later)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+app = typer.Typer(
+    help="opsd: on-policy self-distillation from environment feedback.", no_args_is_help=True
+)
+tiny_app = typer.Typer(
+    help="The tiny character-level model shipped with opsd.", no_args_is_help=True
+)
+app.add_typer(tiny_app, name="tiny-model")
+console = Console()
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise fail(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise fail(f"cannot parse {path}: {exc}") from exc
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+@app.command()
+def train(
+    out: Annotated[
+        Path, typer.Option(help="run directory: metrics.jsonl, summary.json, checkpoints")
+    ],
+    env: Annotated[str | None, typer.Option(help="environment name")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="`tiny`, a model directory or a hub name")
+    ] = None,
+    algorithm: Annotated[str, typer.Option(help="sdpo (self-distillation) or grpo")] = "sdpo",
+    steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate")] = None,
+    config: Annotated[Path | None, typer.Option(help="RunConfig as JSON or TOML")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="any config field, e.g. --set loss.distill.alpha=0.5"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="also checkpoint every N steps")
+    ] = None,
+) -> None:
+    """Train a policy on an environment in this process (no server needed)."""
+    from trainer.loop import train as run_training
+    from trainer.presets import merge, parse_assignment, preset
+
+    overrides: dict[str, Any] = load_config_file(config) if config else {}
+    flags = {"env": env, "model": model, "steps": steps, "seed": seed}
+    overrides = merge(overrides, {k: v for k, v in flags.items() if v is not None})
+    if lr is not None:
+        overrides = merge(overrides, {"optim": {"lr": lr}})
+    try:
+        for assignment in set_ or []:
+            overrides = merge(overrides, parse_assignment(assignment))
+        cfg = preset(algorithm, overrides)  # type: ignore[arg-type]
+    except (ValueError, ValidationError) as exc:
+        raise fail(str(exc)) from exc
+
+    logging.basicConfig(level=logging.WARNING)
+    console.print(
+        f"[bold]opsd train[/bold] {cfg.algorithm} on {cfg.env} with {cfg.model}, {cfg.steps} steps -> {out}"
+    )
+    with progress_bar() as progress:
+        bar = progress.add_task("training", total=cfg.steps, status="evaluating base model")
+        state = {"acc": None}
+
+        def on_step(record: dict) -> None:
+            if "eval_accuracy" in record:
+                state["acc"] = record["eval_accuracy"]
+            acc = "-" if state["acc"] is None else f"{state['acc']:.3f}"
+            reward = record.get("reward_mean")
+            status = f"reward {reward:.2f}  eval {acc}" if reward is not None else f"eval {acc}"
+            progress.update(bar, completed=record["step"], status=status)
+
+        try:
+            summary = run_training(
+                cfg, out, on_step=on_step, device=device, checkpoint_every=checkpoint_every
+            )
+        except Exception as exc:  # model or environment that cannot be loaded
+            from envs.registry import InvalidEnvConfig, UnknownEnvironment
+            from trainer.model import ModelNotFound
+
+            if isinstance(exc, UnknownEnvironment | InvalidEnvConfig | ModelNotFound):
+                raise fail(str(exc)) from exc
+            raise
+    console.print(
+        f"eval accuracy {summary['base_eval_accuracy']:.3f} -> [bold]{summary['final_eval_accuracy']:.3f}[/bold] "
+        f"with {summary['samples_seen']} samples in {summary['wall_seconds']:.0f}s; checkpoint {summary['checkpoint']}"
+    )
+
+
+@tiny_app.command("build")
+def tiny_build(
+    out: Annotated[
+        Path | None, typer.Option(help="output directory (default: the packaged `tiny`)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="pretraining steps")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build and pretrain the tiny model (a few minutes on a CPU)."""
+    from trainer.model import TINY_MODEL_DIR
+    from trainer.tiny import PretrainConfig, build_tiny_model
+
+    cfg = PretrainConfig(seed=seed) if steps is None else PretrainConfig(steps=steps, seed=seed)
+    target = out or TINY_MODEL_DIR
+    with progress_bar() as progress:
+        bar = progress.add_task("pretraining", total=cfg.steps, status="")
+        build_tiny_model(
+            target,
+            cfg,
+            on_step=lambda s, loss: progress.update(
+                bar, completed=s + 1, status=f"loss {loss:.3f}"
+            ),
+        )
+    console.print(f"tiny model written to {target}")

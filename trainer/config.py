@@ -1,0 +1,190 @@
+"""The whole training configuration: one typed model per concept (ALGORITHM.md).
+
+`RunConfig` is the single source of truth: validated at the API edge, stored with a
+run, and handed to the trainer unchanged.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DistillConfig(_Config):
+    """Self-distillation loss (ALGORITHM.md section 2)."""
+
+    alpha: float = Field(
+        1.0, ge=0.0, le=1.0, description="0 forward KL, 1 reverse KL, between: JSD(alpha)"
+    )
+    support: Literal["full_logits", "topk_logits", "sampled_token"] = "full_logits"
+    topk: int = Field(20, ge=1, description="ids gathered at the student's top-k (topk_logits)")
+    topk_tail: bool = Field(
+        True, description="append a tail bucket (True) or renormalise over the k ids"
+    )
+    token_clip: float | None = Field(
+        None, gt=0, description="clamp each token's divergence at this value"
+    )
+    is_clip: float | None = Field(
+        None, gt=0, description="clip of the importance ratio pi_theta / pi_sampler"
+    )
+    temperature: float = Field(1.0, gt=0, description="applied to student and teacher logits")
+
+
+class GRPOConfig(_Config):
+    """Group-relative policy optimisation (ALGORITHM.md section 5)."""
+
+    scaling: Literal["group", "batch", "none"] = "group"
+    epsilon: float = Field(0.2, gt=0)
+    epsilon_high: float | None = Field(None, gt=0, description="upper clip; defaults to epsilon")
+    eps_std: float = Field(1e-6, gt=0)
+
+
+class LossConfig(_Config):
+    """How the distillation and GRPO terms are combined, aggregated and masked."""
+
+    distill: DistillConfig = DistillConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    distill_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="w in L = (1-w) L_grpo + w L_distill; 0 is pure GRPO"
+    )
+    advantage_mix: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="lambda in A = lambda A_grpo + (1-lambda) A_sd (sampled_token support only)",
+    )
+    aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
+    mask_truncated: bool = Field(False, description="drop responses cut off by the token budget")
+
+    @model_validator(mode="after")
+    def _advantage_mix_needs_sampled_token(self) -> LossConfig:
+        if self.advantage_mix is not None and self.distill.support != "sampled_token":
+            raise ValueError("advantage_mix requires distill.support='sampled_token'")
+        return self
+
+
+class TeacherConfig(_Config):
+    """Which weights score the student's tokens (ALGORITHM.md section 4)."""
+
+    weights: Literal["frozen", "live", "ema", "trust_region"] = "frozen"
+    rate: float = Field(0.05, gt=0.0, le=1.0, description="EMA rate r, or trust-region mix r")
+
+
+# template field -> (fields it may use, fields it must use)
+_TEMPLATE_FIELDS = {
+    "reprompt_template": ({"prompt", "solution", "feedback"}, ("prompt",)),
+    "solution_template": ({"solution"}, ("solution",)),
+    "feedback_template": ({"feedback"}, ("feedback",)),
+}
+
+
+class ContextConfig(_Config):
+    """How the teacher context is built from feedback (ALGORITHM.md section 3)."""
+
+    use_sibling: bool = True
+    success_threshold: float = 1.0
+    dont_reprompt_on_self_success: bool = True
+    strip_thinking: bool = True
+    use_feedback: bool = True
+    feedback_only_without_solution: bool = True
+    use_ground_truth: bool = False
+    use_demonstration: bool = True
+    reprompt_template: str = "{prompt}\n{solution}{feedback}Now answer correctly:\n"
+    solution_template: str = "A correct solution:\n{solution}\n"
+    feedback_template: str = "Feedback:\n{feedback}\n"
+    max_reprompt_tokens: int = Field(2048, ge=1)
+
+    @field_validator("reprompt_template", "solution_template", "feedback_template")
+    @classmethod
+    def _template_fields(cls, template: str, info: ValidationInfo) -> str:
+        """Templates use plain `{name}` fields (str.format; write literal braces as `{{ }}`)."""
+        allowed, required = _TEMPLATE_FIELDS[info.field_name]
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as e:
+            raise ValueError(
+                f"{info.field_name}: malformed template ({e}); write literal braces as {{{{ }}}}"
+            ) from e
+        fields = {name for _, name, _, _ in parsed if name is not None}
+        unknown = sorted(fields - allowed)
+        if unknown:
+            raise ValueError(
+                f"{info.field_name}: unknown field(s) {', '.join(f'{{{u}}}' for u in unknown)}; "
+                f"allowed: {', '.join(f'{{{a}}}' for a in sorted(allowed))} "
+                "(write literal braces as {{ }})"
+            )
+        if any(spec or conversion for _, name, spec, conversion in parsed if name is not None):
+            raise ValueError(
+                f"{info.field_name}: use plain {{name}} fields, without !conversion or :spec"
+            )
+        missing = [f"{{{f}}}" for f in required if f not in fields]
+        if missing:
+            raise ValueError(f"{info.field_name} must contain {' and '.join(missing)}")
+        if info.field_name == "reprompt_template" and not fields & {"solution", "feedback"}:
+            raise ValueError("reprompt_template must contain {solution} or {feedback}")
+        return template
+
+
+class SamplingConfig(_Config):
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
+    max_new_tokens: int = Field(16, ge=1)
+
+
+class OptimConfig(_Config):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    bf16: bool | Literal["auto"] = "auto"
+
+
+class LoraConfig(_Config):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class EvalConfig(_Config):
+    every: int = Field(50, ge=1)
+    size: int = Field(256, ge=1)
+    max_new_tokens: int | None = None
+
+
+class RunConfig(_Config):
+    """Everything one training run needs; `opsd train` and `POST /v1/runs` take this."""
+
+    env: str = "arithmetic"
+    env_config: dict = Field(default_factory=dict)
+    model: str = "tiny"
+    steps: int = Field(300, ge=0)
+    seed: int = 0
+    prompts_per_step: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(8, ge=1)
+    max_off_policy_steps: int = Field(0, ge=0)
+    sampling: SamplingConfig = SamplingConfig()
+    loss: LossConfig = LossConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    context: ContextConfig = ContextConfig()
+    optim: OptimConfig = OptimConfig()
+    lora: LoraConfig | None = None
+    eval: EvalConfig = EvalConfig()
+
+    @property
+    def algorithm(self) -> str:
+        """`grpo` when the distillation term is off, `sdpo` when GRPO is off, else `mixed`."""
+        w = self.loss.distill_weight
+        return (
+            "grpo" if w == 0 else "sdpo" if w == 1 and self.loss.advantage_mix is None else "mixed"
+        )

@@ -1,0 +1,173 @@
+"""Build `tiny`: a character-level Llama small enough to train on a laptop CPU.
+
+The model is a real `LlamaForCausalLM` with a `PreTrainedTokenizerFast`, saved as a
+Hugging Face directory and loaded by the same code as any other model. It is
+pretrained on arithmetic problems, most of them with a teacher context (built by
+the project's own context builder from the default templates) that holds the
+answer, so that it can read hints in context but cannot yet add well on its own:
+exactly the gap self-distillation closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from envs.arithmetic import ArithmeticEnv, feedback_for
+from envs.base import Task
+from trainer.config import ContextConfig
+from trainer.context import Attempt, render_teacher_texts
+
+log = logging.getLogger(__name__)
+
+SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character (and newline), plus four specials."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        model_max_length=512,
+    )
+
+
+def build_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    plain_fraction: float = 0.15
+    seed: int = 0
+
+
+def hinted_context(task: Task, rng: random.Random, cfg: ContextConfig) -> str:
+    """A teacher context for `task`, from a successful sibling or from wrong-answer feedback."""
+    wrong = str(int(task.reference) + rng.choice([-11, -10, -2, -1, 1, 2, 10, 11]))
+    _, feedback = feedback_for(wrong, task)
+    failed = Attempt(response=wrong, reward=0.0, feedback=feedback)
+    if rng.random() < 0.5:
+        attempts = [failed, Attempt(response=task.reference, reward=1.0, feedback=None)]
+    else:
+        attempts = [failed]
+    text = render_teacher_texts(task.prompt, attempts, cfg)[0]
+    assert text is not None
+    return text
+
+
+def make_example(
+    task: Task, rng: random.Random, plain_fraction: float, tokenizer
+) -> tuple[list[int], int]:
+    """Token ids (bos + context + answer + eos) and where the answer starts."""
+    context = (
+        task.prompt if rng.random() < plain_fraction else hinted_context(task, rng, ContextConfig())
+    )
+    ctx_ids = [tokenizer.bos_token_id] + tokenizer(context, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(task.reference, add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
+    return ctx_ids + answer_ids, len(ctx_ids)
+
+
+def collate(
+    examples: list[tuple[list[int], int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and labels (-100 everywhere but the answer)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (row, start) in enumerate(examples):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, start : len(row)] = torch.tensor(row[start:])
+    return ids, mask, labels
+
+
+def pretrain(
+    model: LlamaForCausalLM,
+    tokenizer,
+    cfg: PretrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> None:
+    """Supervised pretraining on the answers of plain and hinted training problems."""
+    rng = random.Random(cfg.seed)
+    tasks = ArithmeticEnv().dataset("train")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    for step in range(cfg.steps):
+        batch = [
+            make_example(rng.choice(tasks), rng, cfg.plain_fraction, tokenizer)
+            for _ in range(cfg.batch_size)
+        ]
+        ids, mask, labels = collate(batch, tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if on_step:
+            on_step(step, loss.item())
+
+
+def build_tiny_model(out_dir: Path, cfg: PretrainConfig | None = None, on_step=None) -> Path:
+    """Create, pretrain and save the tiny model as a Hugging Face directory."""
+    cfg = cfg or PretrainConfig()
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(build_config(len(tokenizer)))
+    started = time.monotonic()
+    pretrain(model, tokenizer, cfg, on_step)
+    log.info("pretrained tiny model for %d steps in %.0fs", cfg.steps, time.monotonic() - started)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
