@@ -17,6 +17,7 @@ from trainer.batch import Batch, build_sequences, response_tensors
 from trainer.config import OptimConfig, RunConfig
 from trainer.losses import LossInputs, policy_loss
 from trainer.model import pick_dtype
+from trainer.prefix import shared_prefix_logits
 from trainer.teacher import Teacher
 
 
@@ -126,16 +127,16 @@ class Learner:
 
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch, response_width: int) -> torch.Tensor:
-        """Teacher logits on the student's tokens under the teacher prompt.  [B, T, V]
+        """Teacher logits on the student's tokens under the teacher prompts.  [B, T, V]
 
         A sample without teacher signal is scored under its own prompt (its distillation
-        loss is masked out anyway); identical teacher prompts are scored once.
+        loss is masked out anyway). Each distinct teacher prompt is encoded once.
         """
         samples = batch.samples
         prompts = [s.teacher_prompt_ids or s.prompt_ids for s in samples]
         responses = [s.response_ids for s in samples]
-        seqs = build_sequences(prompts, responses, self.pad_id).to(self.device)
         with self._autocast():
-            logits = self.teacher.logits(seqs.input_ids, seqs.attention_mask, seqs.position_ids)
-        teacher_logits = seqs.response_logits(logits)  # [B, T', V]
+            teacher_logits = self.teacher.score(
+                lambda model: shared_prefix_logits(model, prompts, responses, self.pad_id)
+            )
         return teacher_logits[:, :response_width]

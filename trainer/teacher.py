@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from peft import PeftModel
@@ -116,21 +116,31 @@ class Teacher:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
         """Teacher logits `[B, L, V]` for `input_ids` `[B, L]` (for `trust_region`: log-probs)."""
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-        }
+        return self.score(
+            lambda model: (
+                model(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+                ).logits
+            )
+        )
+
+    @torch.no_grad()
+    def score(self, forward: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
+        """Run `forward(model) -> logits` under the teacher weights.
+
+        For `trust_region` it runs twice (frozen and live) and returns the renormalised
+        log-space interpolation `(1-r) log q_frozen + r log q_live`, which are valid logits.
+        """
         if self.cfg.weights != "trust_region":
-            return self._forward(self.cfg.weights, inputs)
+            return self._forward(self.cfg.weights, forward)
         r = self.cfg.rate
-        logits_live = self._forward("live", inputs)  # [B, L, V]
+        logits_live = self._forward("live", forward)  # [B, L, V]
         logp_live = torch.log_softmax(logits_live.float(), dim=-1)
-        logp_frozen = torch.log_softmax(self._forward("frozen", inputs).float(), dim=-1)
+        logp_frozen = torch.log_softmax(self._forward("frozen", forward).float(), dim=-1)
         logp_mixed = torch.log_softmax((1 - r) * logp_frozen + r * logp_live, dim=-1)
         return logp_mixed.to(logits_live.dtype)  # [B, L, V]
 
-    def _forward(self, weights: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward(self, weights: str, forward: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
         model, weights_ctx = self.policy, contextlib.nullcontext()
         if weights != "live" and not self.is_lora:
             model = self._copy
@@ -139,7 +149,7 @@ class Teacher:
         elif weights == "ema":
             weights_ctx = _active_adapter(self.policy, EMA_ADAPTER)
         with _scoring(model), weights_ctx:
-            return model(**inputs).logits
+            return forward(model)
 
     @torch.no_grad()
     def update(self) -> None:
