@@ -22,8 +22,8 @@ _NUMBER = re.compile(r"-?\d+")
 
 class ArithmeticConfig(EnvConfig):
     low: int = Field(10, ge=0, description="smallest operand")
-    high: int = Field(99, ge=0, description="largest operand")
-    eval_size: int = Field(512, ge=1, description="problems held out for evaluation")
+    high: int = Field(49, ge=0, description="largest operand")
+    eval_size: int = Field(256, ge=1, description="problems held out for evaluation")
     split_seed: int = Field(0, description="seed of the train/eval split (not the run's seed)")
 
     @model_validator(mode="after")

@@ -45,13 +45,14 @@ class Session:
 
     @classmethod
     def open(cls, cfg: RunConfig, device: str | None = None) -> Session:
+        env = make_env(cfg.env, cfg.env_config)  # fails fast, before the model loads
         torch.manual_seed(cfg.seed)
         policy, tokenizer = load_policy(cfg.model, lora=cfg.lora, device=pick_device(device))
         return cls(
             cfg=cfg,
             policy=policy,
             tokenizer=tokenizer,
-            env=make_env(cfg.env, cfg.env_config),
+            env=env,
             builder=TeacherContextBuilder(tokenizer, cfg.context),
             sampler=TransformersSampler(policy, tokenizer),
             learner=Learner(policy, tokenizer.pad_token_id, cfg),
@@ -150,7 +151,7 @@ def train(
 
     began = time.monotonic() - wall_before
     samples_per_step = cfg.prompts_per_step * cfg.samples_per_prompt
-    final_acc = base_acc
+    final_acc = _last_eval_accuracy(metrics_path, default=base_acc)
     for step in range(start + 1, cfg.steps + 1):
         step_began = time.monotonic()
         tasks = task_rng.sample(train_tasks, cfg.prompts_per_step)
@@ -197,6 +198,15 @@ def train(
 def _tuple_state(state) -> tuple:
     """random.Random state after a JSON round trip (lists back to tuples)."""
     return (state[0], tuple(state[1]), state[2])
+
+
+def _last_eval_accuracy(path: Path, default: float | None) -> float | None:
+    """The latest eval accuracy in metrics.jsonl (a resumed run with no steps left keeps it)."""
+    if not path.exists():
+        return default
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    accuracies = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
+    return accuracies[-1] if accuracies else default
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:

@@ -1,0 +1,155 @@
+"""The environment registry: built-ins, configuration errors, and `opsd.envs` entry points.
+
+The entry-point test builds a real package around the example environment of
+envs/README.md (the first ```python block, extracted verbatim so the docs stay
+correct) and installs it with pip. It is installed with `--target` into a temporary
+directory put on sys.path rather than into site-packages: discovery goes through the
+same `.dist-info/entry_points.txt` that `importlib.metadata` reads for any installed
+package, while other processes sharing this Python never see the test package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import envs
+from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
+from envs.base import Environment, Verdict
+from envs.registry import (
+    BUILTIN,
+    ENTRY_POINT_GROUP,
+    InvalidEnvConfig,
+    UnknownEnvironment,
+    available,
+    config_schema,
+    env_class,
+    make_env,
+)
+
+README = Path(envs.__file__).parent / "README.md"
+
+
+def readme_example() -> str:
+    match = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    assert match, "envs/README.md has no ```python block"
+    return match.group(1)
+
+
+def test_builtin_arithmetic_is_available_and_builds_with_its_config():
+    assert available()["arithmetic"] == BUILTIN["arithmetic"]
+    assert env_class("arithmetic") is ArithmeticEnv
+    env = make_env("arithmetic", {"low": 1, "high": 5, "eval_size": 3})
+    assert isinstance(env, ArithmeticEnv)
+    assert env.config == ArithmeticConfig(low=1, high=5, eval_size=3)
+    assert len(env.dataset("eval")) == 3
+
+
+def test_make_env_without_config_uses_the_defaults():
+    assert make_env("arithmetic").config == ArithmeticConfig()
+
+
+def test_make_env_accepts_a_config_instance():
+    config = ArithmeticConfig(low=2, high=4, eval_size=1)
+    assert make_env("arithmetic", config).config is config
+
+
+def test_unknown_environment_raises_and_lists_the_known_names():
+    with pytest.raises(UnknownEnvironment) as err:
+        make_env("no-such-env")
+    message = str(err.value)
+    assert "no-such-env" in message
+    for name in available():
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "config", [{"nope": 1}, {"low": 9, "high": 1}, {"eval_size": "many"}, {"low": -5}]
+)
+def test_invalid_config_raises_invalid_env_config_naming_the_environment(config):
+    with pytest.raises(InvalidEnvConfig, match="arithmetic"):
+        make_env("arithmetic", config)
+
+
+def test_config_schema_is_the_json_schema_of_the_config_model():
+    schema = config_schema("arithmetic")
+    assert schema == ArithmeticConfig.model_json_schema()
+    assert schema["type"] == "object"
+    assert set(schema["properties"]) == set(ArithmeticConfig.model_fields)
+    assert schema["properties"]["eval_size"]["minimum"] == 1
+    assert schema["additionalProperties"] is False
+
+
+def test_config_schema_of_an_unknown_environment_raises():
+    with pytest.raises(UnknownEnvironment):
+        config_schema("no-such-env")
+
+
+@pytest.fixture
+def echo_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The README example as a package declaring an `opsd.envs` entry point, pip-installed
+    into tmp_path/site and put on sys.path; taken off sys.path and sys.modules afterwards."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "opsd_echo_env.py").write_text(readme_example())
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""\
+            [build-system]
+            requires = ["setuptools"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "opsd-echo-env"
+            version = "0.0.1"
+
+            [project.entry-points."{ENTRY_POINT_GROUP}"]
+            echo = "opsd_echo_env:EchoEnv"
+
+            [tool.setuptools]
+            py-modules = ["opsd_echo_env"]
+            """
+        )
+    )
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+        + ["--no-index", "--disable-pip-version-check", "--target", str(site), str(pkg)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert "echo" not in available()  # nothing is found before it is on the path
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "opsd_echo_env", raising=False)
+    yield site
+    sys.modules.pop("opsd_echo_env", None)
+
+
+def test_environment_from_an_installed_package_entry_point_is_found_and_built(echo_package):
+    assert available()["echo"] == "opsd_echo_env:EchoEnv"
+    env = make_env("echo", {"eval_size": 8})
+    assert type(env).__module__ == "opsd_echo_env"
+    assert str(echo_package) in sys.modules["opsd_echo_env"].__file__
+    assert isinstance(env, Environment)
+    assert set(config_schema("echo")["properties"]) == {"eval_size", "seed"}
+
+    eval_tasks, train_tasks = env.dataset("eval"), env.dataset("train")
+    assert len(eval_tasks) == 8
+    assert not {t.id for t in eval_tasks} & {t.id for t in train_tasks}
+
+    task = train_tasks[0]
+    right = asyncio.run(env.score(task, f" {task.reference}\n"))
+    wrong = asyncio.run(env.score(task, "zzz"))
+    assert (right.reward, right.verdict, right.feedback) == (1.0, Verdict.ok, None)
+    assert (wrong.reward, wrong.verdict) == (0.0, Verdict.wrong_answer)
+    assert task.reference in wrong.feedback
+
+    with pytest.raises(InvalidEnvConfig, match="echo"):
+        make_env("echo", {"eval_size": 0})
