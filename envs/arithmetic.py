@@ -4,6 +4,12 @@ Prompts look like `12+34=`; the response is the number. A wrong answer's feedbac
 carries the correct answer, which the teacher may read (ALGORITHM.md section 3).
 The eval split is a fixed, disjoint sample of all pairs, so held-out accuracy
 measures skill, not memory.
+
+By default numbers are written least-significant digit first (`21+43=` asks for
+12+34, answer `64`): the order in which a digit is a function of the digits already
+written, which is how small transformers learn addition from few samples (Lee et
+al., "Teaching Arithmetic to Small Transformers", 2023). `reversed_digits=False`
+gives the usual notation.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ class ArithmeticConfig(EnvConfig):
     high: int = Field(49, ge=0, description="largest operand")
     eval_size: int = Field(256, ge=1, description="problems held out for evaluation")
     split_seed: int = Field(0, description="seed of the train/eval split (not the run's seed)")
+    reversed_digits: bool = Field(True, description="write numbers least-significant digit first")
 
     @model_validator(mode="after")
     def _check(self) -> ArithmeticConfig:
@@ -36,15 +43,19 @@ class ArithmeticConfig(EnvConfig):
         return self
 
 
-def make_task(a: int, b: int) -> Task:
-    answer = str(a + b)
-    return Task(id=f"{a}+{b}", prompt=f"{a}+{b}=", reference=answer, data={"a": a, "b": b})
+def write(n: int, reversed_digits: bool) -> str:
+    return str(n)[::-1] if reversed_digits else str(n)
 
 
-def parse_answer(response: str) -> int | None:
-    """The first integer in the response, or None."""
+def make_task(a: int, b: int, reversed_digits: bool = True) -> Task:
+    x, y, answer = (write(n, reversed_digits) for n in (a, b, a + b))
+    return Task(id=f"{a}+{b}", prompt=f"{x}+{y}=", reference=answer, data={"a": a, "b": b})
+
+
+def parse_answer(response: str) -> str | None:
+    """The first number in the response, as written, or None."""
     match = _NUMBER.search(response)
-    return int(match.group()) if match else None
+    return match.group() if match else None
 
 
 def feedback_for(response: str, task: Task) -> tuple[Verdict, str | None]:
@@ -52,7 +63,7 @@ def feedback_for(response: str, task: Task) -> tuple[Verdict, str | None]:
     got = parse_answer(response)
     if got is None:
         return Verdict.format_error, f"No number found. The answer is {task.reference}."
-    if str(got) == task.reference:
+    if got == task.reference:
         return Verdict.ok, None
     return Verdict.wrong_answer, f"Incorrect. The answer is {task.reference}."
 
@@ -71,7 +82,7 @@ class ArithmeticEnv:
         c = self.config
         pairs = [(a, b) for a in range(c.low, c.high + 1) for b in range(c.low, c.high + 1)]
         random.Random(c.split_seed).shuffle(pairs)
-        tasks = [make_task(a, b) for a, b in pairs]
+        tasks = [make_task(a, b, c.reversed_digits) for a, b in pairs]
         return {"eval": tasks[: c.eval_size], "train": tasks[c.eval_size :]}
 
     def dataset(self, split: Split) -> Sequence[Task]:

@@ -67,17 +67,21 @@ def build_config(vocab_size: int) -> LlamaConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 3000
+    steps: int = 2000  # at most
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 100
-    plain_fraction: float = 0.15
+    plain_fraction: float = 0.3
     seed: int = 0
+    # Stop once greedy accuracy on plain *training* problems reaches this: the model then
+    # adds poorly but is close to learning how, which is where feedback can teach it.
+    stop_at_plain_accuracy: float | None = 0.2
+    check_every: int = 25
 
 
 def hinted_context(task: Task, rng: random.Random, cfg: ContextConfig) -> str:
     """A teacher context for `task`, from a successful sibling or from wrong-answer feedback."""
-    wrong = str(int(task.reference) + rng.choice([-11, -10, -2, -1, 1, 2, 10, 11]))
+    wrong = str(int(task.reference[::-1]) + rng.choice([-11, -10, -2, -1, 1, 2, 10, 11]))[::-1]
     _, feedback = feedback_for(wrong, task)
     failed = Attempt(response=wrong, reward=0.0, feedback=feedback)
     if rng.random() < 0.5:
@@ -118,15 +122,31 @@ def collate(
     return ids, mask, labels
 
 
+def plain_accuracy(model: LlamaForCausalLM, tokenizer, tasks: list[Task]) -> float:
+    """Greedy exact-match accuracy on plain prompts (no hint)."""
+    from trainer.config import SamplingConfig
+    from trainer.sampler import TransformersSampler
+
+    prompts = [[tokenizer.bos_token_id] + tokenizer(t.prompt, add_special_tokens=False)["input_ids"] for t in tasks]
+    out = TransformersSampler(model, tokenizer).sample(prompts, 1, SamplingConfig(max_new_tokens=6), greedy=True)
+    answers = [tokenizer.decode(c[0].token_ids, skip_special_tokens=True) for c in out]
+    return sum(a.strip() == t.reference for a, t in zip(answers, tasks, strict=True)) / len(tasks)
+
+
 def pretrain(
     model: LlamaForCausalLM,
     tokenizer,
     cfg: PretrainConfig,
     on_step: Callable[[int, float], None] | None = None,
-) -> None:
-    """Supervised pretraining on the answers of plain and hinted training problems."""
+) -> int:
+    """Supervised pretraining on the answers of plain and hinted training problems.
+
+    Returns the number of steps taken (fewer than cfg.steps when the plain-accuracy
+    stop is reached; it is checked on training problems only).
+    """
     rng = random.Random(cfg.seed)
     tasks = ArithmeticEnv().dataset("train")
+    probe = list(tasks[:256])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
 
     def lr_at(step: int) -> float:
@@ -150,6 +170,13 @@ def pretrain(
         sched.step()
         if on_step:
             on_step(step, loss.item())
+        if cfg.stop_at_plain_accuracy is not None and (step + 1) % cfg.check_every == 0:
+            accuracy = plain_accuracy(model, tokenizer, probe)
+            model.train()
+            log.info("step %d: plain accuracy on training problems %.3f", step + 1, accuracy)
+            if accuracy >= cfg.stop_at_plain_accuracy:
+                return step + 1
+    return cfg.steps
 
 
 def build_tiny_model(out_dir: Path, cfg: PretrainConfig | None = None, on_step=None) -> Path:
@@ -159,8 +186,8 @@ def build_tiny_model(out_dir: Path, cfg: PretrainConfig | None = None, on_step=N
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(build_config(len(tokenizer)))
     started = time.monotonic()
-    pretrain(model, tokenizer, cfg, on_step)
-    log.info("pretrained tiny model for %d steps in %.0fs", cfg.steps, time.monotonic() - started)
+    steps = pretrain(model, tokenizer, cfg, on_step)
+    log.info("pretrained tiny model for %d steps in %.0fs", steps, time.monotonic() - started)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -11,11 +11,13 @@ from envs.base import Environment, Verdict
 
 
 def small_env(**overrides) -> ArithmeticEnv:
-    return ArithmeticEnv(ArithmeticConfig(**{"low": 1, "high": 9, "eval_size": 20, **overrides}))
+    config = {"low": 1, "high": 9, "eval_size": 20, "reversed_digits": False, **overrides}
+    return ArithmeticEnv(ArithmeticConfig(**config))
 
 
 def score(env: ArithmeticEnv, a: int, b: int, response: str):
-    return asyncio.run(env.score(make_task(a, b), response))
+    task = make_task(a, b, env.config.reversed_digits)
+    return asyncio.run(env.score(task, response))
 
 
 def test_arithmetic_env_satisfies_the_environment_protocol():
@@ -65,6 +67,16 @@ def test_correct_sum_scores_reward_one_and_verdict_ok():
     assert result.feedback is None
 
 
+def test_reversed_digits_write_operands_and_answer_least_significant_digit_first():
+    env = small_env(low=10, high=49, eval_size=100, reversed_digits=True)
+    task = make_task(12, 38, reversed_digits=True)
+    assert task.prompt == "21+83=" and task.reference == "05"
+    assert score(env, 12, 38, "05").verdict is Verdict.ok
+    assert score(env, 12, 38, "50").verdict is Verdict.wrong_answer
+    assert score(env, 12, 38, "5").verdict is Verdict.wrong_answer  # the leading zero is a digit
+    assert all(t.prompt == f"{t.data['a']}"[::-1] + "+" + f"{t.data['b']}"[::-1] + "=" for t in env.dataset("eval"))
+
+
 def test_correct_sum_with_surrounding_text_is_still_ok():
     assert score(small_env(), 7, 8, " 15 and done").verdict is Verdict.ok
 
@@ -90,16 +102,16 @@ def test_empty_response_is_a_format_error():
 @pytest.mark.parametrize(
     ("response", "expected"),
     [
-        ("46", 46),
-        ("  46\n", 46),
-        ("x=46 or 47", 46),
-        ("-3", -3),
-        ("007", 7),
+        ("46", "46"),
+        ("  46\n", "46"),
+        ("x=46 or 47", "46"),
+        ("-3", "-3"),
+        ("007", "007"),
         ("", None),
         ("ab", None),
     ],
 )
-def test_parse_answer_returns_the_first_integer_or_none(response, expected):
+def test_parse_answer_returns_the_first_number_as_written_or_none(response, expected):
     assert parse_answer(response) == expected
 
 
