@@ -6,6 +6,8 @@ and a PNG. Usage:
 
     python benchmarks/learning.py --steps 300 --seeds 0 1 2 --jobs 2
     python benchmarks/learning.py --report-only      # redraw from existing runs
+    python benchmarks/learning.py --ablation --seeds 0   # self-distillation variants
+
 
 Each run is an ordinary `trainer.loop.train` call writing to benchmarks/runs/learning/.
 """
@@ -23,30 +25,51 @@ HERE = Path(__file__).parent
 RUNS = HERE / "runs" / "learning"
 
 
-def run_one(algorithm: str, seed: int, steps: int, every: int, overrides: dict) -> str:
+# Self-distillation variants, each a change from the sdpo preset (ALGORITHM.md sections 2, 4).
+ABLATION: dict[str, tuple[str, dict]] = {
+    "reverse-kl": ("sdpo", {"loss": {"distill": {"alpha": 1.0}}}),
+    "forward-kl": ("sdpo", {"loss": {"distill": {"alpha": 0.0}}}),
+    "jsd-0.5": ("sdpo", {"loss": {"distill": {"alpha": 0.5}}}),
+    "topk-20-tail": ("sdpo", {"loss": {"distill": {"support": "topk_logits", "topk": 20}}}),
+    "sampled-token": ("sdpo", {"loss": {"distill": {"support": "sampled_token"}}}),
+    "ema-0.05": ("sdpo", {"teacher": {"weights": "ema", "rate": 0.05}}),
+    "trust-region-0.05": ("sdpo", {"teacher": {"weights": "trust_region", "rate": 0.05}}),
+    "grpo": ("grpo", {}),
+}
+
+
+def run_one(name: str, algorithm: str, seed: int, steps: int, every: int, overrides: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
     from trainer.loop import train
     from trainer.presets import merge, preset
 
-    out = RUNS / f"{algorithm}-seed{seed}"
-    if (out / "summary.json").exists() and json.loads((out / "summary.json").read_text())["steps"] == steps:
+    out = RUNS / f"{name}-seed{seed}"
+    if (out / "summary.json").exists() and json.loads((out / "summary.json").read_text())[
+        "steps"
+    ] == steps:
         return str(out)
-    cfg = preset(algorithm, merge({"steps": steps, "seed": seed, "eval": {"every": every}}, overrides))
+    cfg = preset(
+        algorithm, merge({"steps": steps, "seed": seed, "eval": {"every": every}}, overrides)
+    )
     train(cfg, out)
     return str(out)
 
 
 def load_curve(run: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    records = [
+        json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line
+    ]
     return {r["samples_seen"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
 
 
-def report(algorithms: list[str], seeds: list[int]) -> str:
+def report(algorithms: list[str], seeds: list[int], png: str = "learning.png") -> str:
     curves = {a: [load_curve(RUNS / f"{a}-seed{s}") for s in seeds] for a in algorithms}
     points = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
-    mean = {a: {p: statistics.mean(c[p] for c in runs) for p in points} for a, runs in curves.items()}
+    mean = {
+        a: {p: statistics.mean(c[p] for c in runs) for p in points} for a, runs in curves.items()
+    }
     lines = ["| samples | " + " | ".join(f"{a} (mean of {len(seeds)})" for a in algorithms) + " |"]
     lines.append("|" + " --- |" * (len(algorithms) + 1))
     for p in points:
@@ -65,11 +88,11 @@ def report(algorithms: list[str], seeds: list[int]) -> str:
             )
         else:
             lines.append(f"\nsdpo does not reach grpo's final accuracy ({target:.3f}).")
-    plot(curves, mean, points)
+    plot(curves, mean, points, png)
     return "\n".join(lines)
 
 
-def plot(curves, mean, points) -> None:
+def plot(curves, mean, points, png: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,27 +109,42 @@ def plot(curves, mean, points) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(HERE / "learning.png", dpi=120)
+    fig.savefig(HERE / png, dpi=120)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--algorithms", nargs="+", default=["sdpo", "grpo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--set", dest="overrides", default="{}", help="JSON overrides applied to every run")
+    parser.add_argument(
+        "--set", dest="overrides", default="{}", help="JSON overrides applied to every run"
+    )
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--ablation", action="store_true", help="run the self-distillation variants"
+    )
     args = parser.parse_args()
+    from trainer.presets import merge
+
+    extra = json.loads(args.overrides)
+    if args.ablation:
+        runs = {name: (alg, merge(o, extra)) for name, (alg, o) in ABLATION.items()}
+    else:
+        runs = {a: (a, extra) for a in args.algorithms}
     if not args.report_only:
-        overrides = json.loads(args.overrides)
-        jobs = [(a, s) for s in args.seeds for a in args.algorithms]
+        jobs = [(name, alg, s, o) for s in args.seeds for name, (alg, o) in runs.items()]
         with ProcessPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(run_one, a, s, args.steps, args.eval_every, overrides) for a, s in jobs]
+            futures = [
+                pool.submit(run_one, n, a, s, args.steps, args.eval_every, o) for n, a, s, o in jobs
+            ]
             for f in futures:
                 print("done", f.result(), flush=True)
-    print(report(args.algorithms, args.seeds))
+    print(report(list(runs), args.seeds, "ablation.png" if args.ablation else "learning.png"))
 
 
 if __name__ == "__main__":

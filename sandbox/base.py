@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import signal
 from collections.abc import Sequence
 from enum import StrEnum
@@ -80,7 +81,7 @@ class Program(BaseModel):
     def _files(cls, files: dict[str, str | bytes]) -> dict[str, str | bytes]:
         for name in files:
             norm = posixpath.normpath(name)
-            if not name or norm != name or name.startswith(("/", "../")) or name == "..":
+            if norm != name or norm in (".", "..") or name.startswith(("/", "../")):
                 raise ValueError(f"file name {name!r} must be a plain relative path")
         return files
 
@@ -149,7 +150,10 @@ class Sandbox(Protocol):
     async def close(self) -> None: ...
 
 
-MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+# how programs say they ran out of memory: Python's last traceback line, C, C++, Rust/Go
+MEMORY_SIGNS = re.compile(
+    r"^MemoryError\b|Cannot allocate memory|std::bad_alloc|out of memory", re.MULTILINE
+)
 
 
 def classify(raw: dict[str, Any], stderr: str, limits: Limits) -> tuple[Verdict, str | None]:
@@ -168,9 +172,7 @@ def classify(raw: dict[str, Any], stderr: str, limits: Limits) -> tuple[Verdict,
     if raw["exit_code"] == 0:
         return Verdict.ok, None
     tail = stderr[-4000:]
-    if any(sign in tail for sign in MEMORY_SIGNS) or (
-        sig == signal.SIGKILL and peak >= 0.9 * limits.memory_bytes
-    ):
+    if MEMORY_SIGNS.search(tail) or (sig == signal.SIGKILL and peak >= 0.9 * limits.memory_bytes):
         return Verdict.memory_limit, f"memory beyond {limits.memory_bytes} bytes"
     if sig is not None:
         name = signal.Signals(sig).name if sig in signal.valid_signals() else f"signal {sig}"

@@ -70,9 +70,15 @@ def container_options(settings: SandboxSettings, limits: Limits, slot: int) -> d
         "pids_limit": limits.processes + 1,  # the job's processes and the worker
         "nano_cpus": int(settings.docker_cpus * 1e9),
         "ulimits": [docker.types.Ulimit(name="core", soft=0, hard=0)],
-        "stdin_open": True,
+        "stdin_open": True,  # and StdinOnce: when the service goes, so does the worker
+        "auto_remove": True,
         "labels": {"opsd.sandbox": "worker", "opsd.sandbox.slot": str(slot)},
     }
+
+
+def _cgroup(limits: Limits) -> tuple[int, int, int]:
+    """The limits a container is made with (the others are set per run)."""
+    return limits.memory_bytes, limits.processes, limits.tmp_bytes
 
 
 class Demux:
@@ -106,20 +112,13 @@ class DockerSandbox(WarmSandbox):
         self._docker: docker.DockerClient | None = None
 
     def _fits(self, worker: Worker, limits: Limits) -> bool:
-        made = worker.limits
-        return made is not None and (made.memory_bytes, made.processes, made.tmp_bytes) == (
-            limits.memory_bytes,
-            limits.processes,
-            limits.tmp_bytes,
-        )
+        return worker.limits is not None and _cgroup(worker.limits) == _cgroup(limits)
 
-    def _create(self, slot: int, limits: Limits):
-        if self._docker is None:
-            self._docker = _client(self.settings)
-        container = self._docker.containers.create(**container_options(self.settings, limits, slot))
+    def _create(self, client: docker.DockerClient, slot: int, limits: Limits):
+        container = client.containers.create(**container_options(self.settings, limits, slot))
         try:
             params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            sock = self._docker.api.attach_socket(container.id, params=params)
+            sock = client.api.attach_socket(container.id, params=params)
             container.start()
         except BaseException:
             container.remove(force=True)
@@ -127,8 +126,10 @@ class DockerSandbox(WarmSandbox):
         return container, getattr(sock, "_sock", sock)
 
     async def _spawn(self, slot: int, limits: Limits) -> Worker:
+        if self._docker is None:
+            self._docker = _client(self.settings)
         try:
-            container, sock = await asyncio.to_thread(self._create, slot, limits)
+            container, sock = await asyncio.to_thread(self._create, self._docker, slot, limits)
         except docker.errors.DockerException as e:
             raise OSError(str(e)) from e
         sock.setblocking(False)

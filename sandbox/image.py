@@ -27,7 +27,7 @@ from sandbox.pool import default_python
 
 logger = logging.getLogger(__name__)
 
-RECIPE = "2"  # bump when the recipe changes: `ensure` then rebuilds
+RECIPE = "3"  # bump when the recipe changes: `ensure` then rebuilds
 TOOLS = ("sh", "cat", "echo", "ls", "env", "sleep", "true", "false", "head", "tail", "wc", "sort")
 TOOLS += ("id", "grep", "mkdir", "rm", "cp", "mv", "touch", "chmod", "ln", "tr", "cut", "uniq")
 SKIPPED = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
@@ -35,7 +35,7 @@ SKIPPED |= {"site-packages", "dist-packages", "__phello__"}
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 LAYOUT = """import json, os, sys, sysconfig
-print(json.dumps({"executable": sys.executable, "stdlib": sysconfig.get_path("stdlib"),
+print(json.dumps({"stdlib": sysconfig.get_path("stdlib"),
   "platstdlib": sysconfig.get_path("platstdlib"),
   "libpython": os.path.join(sysconfig.get_config_var("LIBDIR") or "",
                             sysconfig.get_config_var("LDLIBRARY") or "")
@@ -144,8 +144,11 @@ def rootfs(python: str) -> bytes:
     tools = [
         p for t in TOOLS if os.path.exists(p := f"/usr/bin/{t}") or os.path.exists(p := f"/bin/{t}")
     ]
-    for tool in tools:
+    for tool in [*tools, "/bin/sh"]:
         fs.add(tool)
+    for top in ("/bin", "/sbin", "/lib", "/lib64"):  # merged-/usr links, as on the host
+        if os.path.islink(top):
+            fs.add(top)
     for library in sorted(shared_libraries(binaries + tools)):
         fs.add(library)
     for name in ("/etc/ld.so.cache", "/etc/localtime"):
@@ -164,7 +167,9 @@ def build_image(client, tag: str, python: str | None = None) -> str:
     started = time.monotonic()
     tar = rootfs(python)
     logger.info("sandbox image: root filesystem of %d MiB from %s", len(tar) >> 20, python)
-    repository, _, version = tag.partition(":")
+    repository, _, version = tag.rpartition(":")
+    if not repository or "/" in version:  # no tag, maybe a registry's port: "host:5000/x"
+        repository, version = tag, "latest"
     changes = [
         "ENV PATH=/usr/local/bin:/usr/bin:/bin",
         "ENV LANG=C.UTF-8",
@@ -173,9 +178,7 @@ def build_image(client, tag: str, python: str | None = None) -> str:
         f"LABEL opsd.sandbox.recipe={RECIPE}",
         'CMD ["python3"]',
     ]
-    client.api.import_image_from_data(
-        tar, repository=repository, tag=version or "latest", changes=changes
-    )
+    client.api.import_image_from_data(tar, repository=repository, tag=version, changes=changes)
     image = client.images.get(tag)
     logger.info("sandbox image %s built in %.1f s", tag, time.monotonic() - started)
     return image.id

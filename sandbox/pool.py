@@ -68,7 +68,7 @@ class Worker:
         limits: Limits | None = None,
     ) -> None:
         self.reader, self.writer, self.stop = reader, writer, stop
-        self.limits = limits  # what the worker was built for, where that matters (docker)
+        self.limits = limits  # what it was made for: a jail's /tmp, a container's cgroup
 
     async def _frame(self, limit: int) -> bytes:
         (n,) = warm.FRAME.unpack(await self.reader.readexactly(warm.FRAME.size))
@@ -139,6 +139,7 @@ class WarmSandbox:
         raise NotImplementedError
 
     def _fits(self, worker: Worker, limits: Limits) -> bool:
+        """Whether `worker` can run a job with these limits (else it is replaced)."""
         return True
 
     async def _start_worker(self, slot: int, limits: Limits) -> Worker:
@@ -157,17 +158,21 @@ class WarmSandbox:
     async def start(self) -> None:
         """Start every worker now rather than on first use."""
         slots = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
-        started = await asyncio.gather(
-            *(self._start_worker(slot, self.settings.limits) for slot, w in slots if w is None),
-            return_exceptions=True,
-        )
-        fresh = iter(started)
-        for slot, worker in slots:
-            new = next(fresh) if worker is None else worker
-            self._idle.put_nowait((slot, None if isinstance(new, BaseException) else new))
-        for error in started:
-            if isinstance(error, BaseException):
-                raise error
+
+        async def ready(slot: int, worker: Worker | None) -> tuple[int, Worker]:
+            try:
+                return slot, worker or await self._start_worker(slot, self.settings.limits)
+            except BaseException:
+                self._idle.put_nowait((slot, None))
+                raise
+
+        started = await asyncio.gather(*(ready(*s) for s in slots), return_exceptions=True)
+        for item in started:
+            if not isinstance(item, BaseException):
+                self._idle.put_nowait(item)
+        for item in started:
+            if isinstance(item, BaseException):
+                raise item
 
     async def run(self, program: Program, limits: Limits | None = None) -> ExecutionRecord:
         if self._closed:
@@ -183,12 +188,22 @@ class WarmSandbox:
                 worker = await self._start_worker(slot, limits)
             timeout = limits.wall_seconds + GRACE_SECONDS
             raw, output = await asyncio.wait_for(worker.call(header, payload, limits), timeout)
+            return self._result(raw, output, limits)
         except SandboxUnavailable:
             raise
-        except (OSError, EOFError, ValueError, SandboxError, TimeoutError) as e:
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            KeyError,
+            TypeError,
+            SandboxError,
+            TimeoutError,
+        ) as e:
             logger.error("%s: worker %d failed, replacing it: %r", self.label, slot, e)
-            await worker.stop()
-            worker = None
+            if worker is not None:
+                await worker.stop()
+                worker = None
             return self._record(Verdict.sandbox_error, message=f"worker failed: {e!r}")
         except BaseException:
             if worker is not None:  # cancelled mid-run: the worker's state is unknown
@@ -200,18 +215,16 @@ class WarmSandbox:
                 await worker.stop()
                 worker = None
             self._idle.put_nowait((slot, worker))
-        return self._result(raw, output, limits)
 
     def _record(self, verdict: Verdict, **fields: Any) -> ExecutionRecord:
         return ExecutionRecord(verdict=verdict, backend=self.name, unsafe=self.unsafe, **fields)
 
     def _result(self, raw: dict[str, Any], output: bytes, limits: Limits) -> ExecutionRecord:
-        if raw.get("error"):
-            logger.error("%s: job failed to start: %s", self.label, raw["error"])
         stdout, stderr = output[: raw.get("stdout_len", 0)], output[raw.get("stdout_len", 0) :]
         stderr_text = stderr.decode(errors="replace")
         verdict, message = classify(raw, stderr_text, limits)
-        if raw.get("error"):
+        if verdict == Verdict.sandbox_error:
+            logger.error("%s: the job could not start: %s", self.label, message)
             return self._record(verdict, message=message)
         record = self._record(
             verdict,
@@ -249,7 +262,27 @@ class WarmSandbox:
         await self.close()
 
 
-async def spawn_process(argv: list[str], label: str, env: dict[str, str], **popen: Any) -> Worker:
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, from the parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+async def spawn_process(
+    argv: list[str], label: str, env: dict[str, str], limits: Limits | None = None, **popen: Any
+) -> Worker:
     """A worker that is a local process (bwrap, or a bare interpreter)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -274,12 +307,18 @@ async def spawn_process(argv: list[str], label: str, env: dict[str, str], **pope
     watcher = asyncio.create_task(log_stderr())
 
     async def stop() -> str:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        tree = [proc.pid, *descendants(proc.pid)]
+        for pid in tree:  # the jail's processes, which left our process group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         await proc.wait()
+        for _ in range(500):  # until the kernel has torn all of them down
+            if not any(os.path.exists(f"/proc/{pid}") for pid in tree[1:]):
+                break
+            await asyncio.sleep(0.01)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(watcher, 1)
         return "\n".join(errors)
 
     assert proc.stdin is not None and proc.stdout is not None
-    return Worker(proc.stdout, proc.stdin, stop)
+    return Worker(proc.stdout, proc.stdin, stop, limits)

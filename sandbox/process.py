@@ -10,6 +10,8 @@ says `unsafe=True` and every log line says UNSAFE.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 
 from sandbox.base import ExecutionRecord, Limits, Program
 from sandbox.pool import CLEAN_ENV, WARM_SOURCE, WarmSandbox, Worker, default_python, spawn_process
@@ -23,10 +25,20 @@ class ProcessSandbox(WarmSandbox):
 
     async def _spawn(self, slot: int, limits: Limits) -> Worker:
         logger.warning(
-            "%s: starting worker %d; jobs will run as this user, unconfined", self.label, slot
+            "%s: starting worker %d; jobs run as this user, unconfined", self.label, slot
         )
-        argv = [default_python(self.settings.python), "-c", WARM_SOURCE, "plain"]
-        return await spawn_process(argv, self.label, CLEAN_ENV)
+        base = tempfile.mkdtemp(prefix="opsd-process-")  # the jobs' working directories
+        argv = [default_python(self.settings.python), "-c", WARM_SOURCE, "plain", base]
+        worker = await spawn_process(argv, self.label, CLEAN_ENV)
+        stop = worker.stop
+
+        async def stop_and_clean() -> str | None:
+            detail = await stop()
+            shutil.rmtree(base, ignore_errors=True)
+            return detail
+
+        worker.stop = stop_and_clean
+        return worker
 
     async def run(self, program: Program, limits: Limits | None = None) -> ExecutionRecord:
         logger.debug("%s: running %r", self.label, program.command)

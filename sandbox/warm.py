@@ -5,13 +5,13 @@ jail (bwrap), a container (docker) or a plain subprocess (process) it runs as
 `python3 -c <this source> MODE`, reads jobs on stdin and answers on stdout. It uses
 the standard library only and must run on the sandbox's own Python (3.9+).
 
-Per job (mode "jail"): the worker forks a supervisor, which enters a new pid
-namespace and forks the job as its pid 1. The job makes its own mount and IPC
-namespaces with a fresh /tmp, /dev/shm and /proc, drops every capability, sets
-rlimits and runs. When it ends, the kernel kills whatever it left behind.
-Mode "container": the worker is the container's pid 1 (which the job cannot kill)
-and supervises the job itself; afterwards it kills every other process and wipes
-/tmp, /dev/shm and System V IPC. Mode "plain": no isolation at all (unsafe).
+Modes "jail" and "container": the worker is pid 1 of the sandbox's pid namespace,
+which its jobs can neither kill (the kernel drops their signals to it) nor trace
+(it is not dumpable). It forks each job, enforces wall time, output size and total
+memory, and when the job ends it kills every other process in the namespace,
+reaps them and wipes /tmp, /dev/shm and System V IPC before the next job.
+A `python3 file.py` job runs in the forked interpreter itself (no start-up cost);
+any other command is executed. Mode "plain": no isolation at all (unsafe).
 
 Frames: 4-byte big-endian length, then bytes. A request is a JSON header frame
 and a payload frame (the files, then stdin); a response is a JSON header frame
@@ -21,6 +21,7 @@ and a payload frame (stdout, then stderr).
 import ctypes
 import gc
 import json
+import mmap
 import os
 import resource
 import select
@@ -33,16 +34,12 @@ import types
 
 FRAME = struct.Struct(">I")
 MAX_HEADER_BYTES = 16 << 20
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID = 0x00020000, 0x08000000, 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 1, 4, 24, 47
-CAP_SYS_ADMIN, CAP_SETPCAP = 21, 8
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 TICK_SECONDS = 0.02  # how often a running job's total memory is sampled...
 MEMORY_AFTER_SECONDS = 0.05  # ...once it has run this long (each process has RLIMIT_AS)
+JOB_NICENESS = 10  # below the worker, which must keep its clock even under a fork bomb
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
 _libc = ctypes.CDLL(None, use_errno=True)
-# bound once here, so that a forked job does not build them again
-_unshare, _mount_call, _prctl, _capset = _libc.unshare, _libc.mount, _libc.prctl, _libc.capset
 
 
 def read_exact(fd, n):
@@ -69,57 +66,42 @@ def write_all(fd, data):
         view = view[os.write(fd, view) :]
 
 
-def send(fd, header, payload=b""):
+def send(fd, header, parts=()):
     head = json.dumps(header).encode()
-    write_all(fd, FRAME.pack(len(head)) + head + FRAME.pack(len(payload)) + payload)
+    write_all(fd, FRAME.pack(len(head)) + head + FRAME.pack(sum(len(p) for p in parts)))
+    for part in parts:
+        write_all(fd, part)
 
 
-def _check(result):
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+def _read_into(fd, buffer, n):
+    """Read `n` bytes into `buffer` (an mmap): no copy of a job's data stays behind
+    in the worker's heap, where the next job (a fork of the worker) could read it."""
+    with memoryview(buffer) as view:
+        done = 0
+        while done < n:
+            got = os.readv(fd, [view[done:n]])
+            if not got:
+                raise EOFError
+            done += got
+    return n
 
 
-def _mount(source, target, fstype, flags, data=None):
-    args = [s.encode() if s is not None else None for s in (source, target, fstype, data)]
-    _check(_mount_call(args[0], args[1], args[2], flags, args[3]))
-
-
-def _drop_capabilities():
-    """Empty the bounding, ambient, effective, permitted and inheritable sets."""
-    for cap in (CAP_SYS_ADMIN, CAP_SETPCAP):
-        _check(_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
-    _check(_prctl(PR_CAP_AMBIENT, 4, 0, 0, 0))  # PR_CAP_AMBIENT_CLEAR_ALL
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this pid
-    data = (ctypes.c_uint32 * 6)()
-    _check(_capset(header, data))
-
-
-def _enter_jail(tmp_bytes):
-    """In the job: private mount and IPC namespaces, fresh /tmp, /dev/shm, /proc."""
-    _check(_unshare(CLONE_NEWNS | CLONE_NEWIPC))
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    opts = f"size={tmp_bytes},mode=1777"
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)
-    _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+# for the worker and hence every job; each job adds its own (see _set_limits)
+SHARED_RLIMITS = (
+    (resource.RLIMIT_CORE, 0),
+    (resource.RLIMIT_NOFILE, 1024),
+    (resource.RLIMIT_MSGQUEUE, 0),
+    (resource.RLIMIT_MEMLOCK, 0),
+)
 
 
 def _set_limits(mode, limits):
     cpu = max(1, int(-(-limits["cpu"] // 1)))
-    rlimits = [
-        (resource.RLIMIT_AS, limits["memory"]),
-        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_NOFILE, 1024),
-        (resource.RLIMIT_MSGQUEUE, 0),
-        (resource.RLIMIT_MEMLOCK, 0),
-    ]
-    if mode == "jail":  # counted per user namespace: bwrap's init, worker, supervisor, the job
-        rlimits.append((resource.RLIMIT_NPROC, limits["processes"] + 3))
-    for which, value in rlimits:
-        soft, hard = value if isinstance(value, tuple) else (value, value)
-        resource.setrlimit(which, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
+    if mode == "jail":  # counted per user namespace, where the worker is the only other
+        processes = limits["processes"] + 1
+        resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
 def _write_files(workdir, files):
@@ -187,17 +169,16 @@ def _run_python(script, argv):
 
 
 def _job(mode, job, files, workdir, fds, status_w):
-    """The child: set up, then become the program. Never returns."""
+    """The program's process: set up, then become the program. Never returns."""
     try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if mode == "jail":
-            _enter_jail(job["limits"]["tmp"])
+        if mode == "plain":  # elsewhere the worker's death ends the whole namespace
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         _write_files(workdir, files)
         os.chdir(workdir)
         _set_limits(mode, job["limits"])
-        if mode == "jail":
-            _drop_capabilities()
-        _prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        if mode != "plain":
+            os.nice(JOB_NICENESS)
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
         os.setsid()
         env = dict(job["env"], HOME=workdir, TMPDIR=workdir) if mode == "plain" else job["env"]
         for key, value in env.items():
@@ -220,28 +201,32 @@ def _job(mode, job, files, workdir, fds, status_w):
     os._exit(127)
 
 
-def _job_memory(skip):
-    """Resident bytes of every process in this jail or container but ours."""
+def _job_memory(precise=False):
+    """Memory of every process in our pid namespace but ours: the sum of resident
+    sizes (cheap, counts shared pages once per process) or, `precise`, of
+    proportional set sizes (shared pages split among their users)."""
     total = 0
     for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in skip:
-            try:
+        if not name.isdigit() or name == "1":
+            continue
+        try:
+            if precise:
+                with open(f"/proc/{name}/smaps_rollup") as f:
+                    total += sum(int(ln.split()[1]) << 10 for ln in f if ln.startswith("Pss:"))
+            else:
                 with open(f"/proc/{name}/statm") as f:
                     total += int(f.read().split()[1]) * resource.getpagesize()
-            except (OSError, IndexError, ValueError):
-                pass
+        except (OSError, IndexError, ValueError):
+            pass
     return total
 
 
 def _oom_kills():
-    for path, key in (
-        ("/sys/fs/cgroup/memory.events", "oom_kill"),
-        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-    ):
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
         try:
             with open(path) as f:
                 for line in f:
-                    if line.startswith(key + " "):
+                    if line.startswith("oom_kill "):
                         return int(line.split()[1])
         except (OSError, ValueError):
             pass
@@ -250,20 +235,18 @@ def _oom_kills():
 
 def _kill(mode, pid):
     try:
-        if mode == "jail":  # the job is pid 1 of its namespace: everything in it dies
-            os.kill(pid, signal.SIGKILL)
-        elif mode == "container":  # we are pid 1, which kill(-1) spares
-            os.kill(-1, signal.SIGKILL)
-        else:
+        if mode == "plain":
             os.killpg(pid, signal.SIGKILL)
+        else:  # we are pid 1, which kill(-1) spares: everything else in the namespace dies
+            os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
 def _sweep():
-    """Container mode: kill and reap every process but ourselves (pid 1)."""
+    """Kill and reap every process in our pid namespace but ourselves (pid 1)."""
     for _ in range(1000):
-        _kill("container", 0)
+        _kill("jail", -1)
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
@@ -272,14 +255,15 @@ def _sweep():
         if not [p for p in os.listdir("/proc") if p.isdigit() and p != "1"]:
             return
         time.sleep(0.001)
-    raise RuntimeError("processes survive SIGKILL")
+    sys.exit("processes survive SIGKILL: giving up this worker")  # its namespace dies with it
 
 
 def _supervise(mode, pid, limits, out_r, err_r, started):
     """Collect output; enforce wall time, output size and total memory; reap."""
     cap, deadline = limits["output"], started + limits["wall"]
-    data, totals = {out_r: bytearray(), err_r: bytearray()}, {out_r: 0, err_r: 0}
-    skip = {1, os.getpid(), os.getppid()}
+    # output goes into mmaps, unmapped after the answer (see _read_into)
+    data = {out_r: mmap.mmap(-1, max(cap, 1)), err_r: mmap.mmap(-1, max(cap, 1))}
+    kept, totals, beyond = {out_r: 0, err_r: 0}, {out_r: 0, err_r: 0}, mmap.mmap(-1, 1 << 16)
     poller = select.poll()
     for fd in data:
         poller.register(fd, select.POLLIN)
@@ -298,13 +282,15 @@ def _supervise(mode, pid, limits, out_r, err_r, started):
         for fd, _ in poller.poll(wait * 1000):
             if fd == pidfd:
                 continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
+            room = cap - kept[fd]
+            with memoryview(data[fd] if room > 0 else beyond) as view:
+                got = os.readv(fd, [view[kept[fd] : cap] if room > 0 else view])
+            if not got:
                 poller.unregister(fd)
                 pending.discard(fd)
                 continue
-            totals[fd] += len(chunk)
-            data[fd] += chunk[: max(0, cap - len(data[fd]))]
+            totals[fd] += got
+            kept[fd] += min(got, max(room, 0))
             if totals[fd] > cap and killed is None:
                 killed = "output"
                 _kill(mode, pid)
@@ -317,8 +303,11 @@ def _supervise(mode, pid, limits, out_r, err_r, started):
             killed = "wall"
             _kill(mode, pid)
         if killed is None and mode != "plain" and now - started > MEMORY_AFTER_SECONDS:
-            peak = max(peak, _job_memory(skip))
-            if peak > limits["memory"]:
+            used = _job_memory()
+            if used > limits["memory"]:
+                used = _job_memory(precise=True)
+            peak = max(peak, used)
+            if used > limits["memory"]:
                 killed = "memory"
                 _kill(mode, pid)
         if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
@@ -328,12 +317,13 @@ def _supervise(mode, pid, limits, out_r, err_r, started):
         if pidfd is not None:
             poller.unregister(pidfd)
             os.close(pidfd)
-        if mode == "container":
-            _sweep()
-        elif mode == "plain":
+        if mode == "plain":
             _kill(mode, pid)
+        else:
+            _sweep()  # also closes the pipes that the job's leftovers held
     for fd in data:
         os.close(fd)
+    beyond.close()
     _, status, usage = result
     return {
         "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -344,17 +334,14 @@ def _supervise(mode, pid, limits, out_r, err_r, started):
         "killed": killed,
         "stdout_total": totals[out_r],
         "stderr_total": totals[err_r],
-    }, bytes(data[out_r]) + bytes(data[err_r])
+        "stdout_len": kept[out_r],
+    }, (memoryview(data[out_r])[: kept[out_r]], memoryview(data[err_r])[: kept[err_r]])
 
 
-def run_job(mode, job, payload, workdir):
+def run_job(mode, job, files, stdin, workdir):
     """Run one job to its end; returns the response header and payload."""
-    files, offset, payload = [], 0, memoryview(payload)
-    for name, size in job["files"]:
-        files.append((name, payload[offset : offset + size]))
-        offset += size
     stdin_fd = os.memfd_create("stdin")
-    write_all(stdin_fd, payload[offset : offset + job["stdin"]])
+    write_all(stdin_fd, stdin)
     os.lseek(stdin_fd, 0, os.SEEK_SET)
     (out_r, out_w), (err_r, err_w), (status_r, status_w) = os.pipe(), os.pipe(), os.pipe()
     oom_before = _oom_kills() if mode == "container" else 0
@@ -372,10 +359,9 @@ def run_job(mode, job, payload, workdir):
         os.close(err_r)
         _kill(mode, pid)
         os.waitpid(pid, 0)
-        return {"error": "job set-up failed: " + failure.decode(errors="replace")}, b""
+        return {"error": "job set-up failed: " + failure.decode(errors="replace")}, ()
     header, output = _supervise(mode, pid, job["limits"], out_r, err_r, started)
     header["oom"] = mode == "container" and _oom_kills() > oom_before
-    header["stdout_len"] = min(header["stdout_total"], job["limits"]["output"])
     return header, output
 
 
@@ -395,7 +381,7 @@ def _clean_dir(path):
 
 
 def _remove_ipc():
-    """Container mode: delete the System V IPC objects a job left behind."""
+    """Delete the System V IPC objects a job left behind."""
     for kind, remove in (
         ("shm", lambda i: _libc.shmctl(i, 0, None)),
         ("msg", lambda i: _libc.msgctl(i, 0, None)),
@@ -407,68 +393,56 @@ def _remove_ipc():
         except (OSError, IndexError, ValueError):
             continue
         for ipc_id in ids:
-            _check(remove(ipc_id))
+            if remove(ipc_id) != 0:
+                raise OSError(ctypes.get_errno(), f"cannot remove System V {kind} {ipc_id}")
 
 
 def _after_job(mode, workdir):
-    if mode == "container":
-        for path in ("/tmp", "/dev/shm", "/dev/mqueue"):
-            _clean_dir(path)
-        _remove_ipc()
-    elif mode == "plain":
+    if mode == "plain":
         _clean_dir(workdir)
         os.rmdir(workdir)
+        return
+    for path in ("/tmp", "/dev/shm", "/dev/mqueue"):
+        _clean_dir(path)
+    _remove_ipc()
 
 
-def serve(mode):
-    """Answer jobs from stdin until it closes."""
+def serve(mode, base="/tmp"):
+    """Answer jobs from stdin until it closes; plain mode works in `base`."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 ignores unhandled signals
-    _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/PID/fd by the job
-    base = "/tmp"
-    if mode == "plain":
-        base = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"opsd-plain-{os.getpid()}")
-        os.mkdir(base, 0o700)
-    if mode == "container":
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/1/fd, /proc/1/mem
+    for which, value in SHARED_RLIMITS:
+        resource.setrlimit(which, (value, value))
+    if mode != "plain":
         if os.getpid() != 1:
-            sys.exit("container mode needs to be the container's pid 1")
-        _after_job(mode, base)
+            sys.exit(f"{mode} mode needs to be pid 1 of its pid namespace")
+        _after_job(mode, base)  # a clean start
     send(1, {"ready": True, "mode": mode, "python": sys.version.split()[0]})
     jobs = 0
     while True:
         try:
             job = json.loads(read_frame(0, MAX_HEADER_BYTES))
-            payload = read_frame(0)
+            size = FRAME.unpack(read_exact(0, FRAME.size))[0]
+            buffer = mmap.mmap(-1, max(size, 1))
+            payload = memoryview(buffer)[: _read_into(0, buffer, size)]
         except EOFError:
             break
+        files, offset = [], 0
+        for name, size in job["files"]:
+            files.append((name, payload[offset : offset + size]))
+            offset += size
         jobs += 1
         workdir = base if mode != "plain" else os.path.join(base, str(jobs))
         if mode == "plain":
             os.mkdir(workdir, 0o700)
-        if mode != "jail":
-            try:
-                header, output = run_job(mode, job, payload, workdir)
-            except Exception:
-                header, output = {"error": traceback.format_exc()}, b""
-            send(1, header, output)
-            _after_job(mode, workdir)
-            continue
-        gc.freeze()
-        supervisor = os.fork()
-        if supervisor == 0:  # enters a new pid namespace: the job becomes its pid 1
-            try:
-                _check(_unshare(CLONE_NEWPID))
-                header, output = run_job(mode, job, payload, workdir)
-            except Exception:
-                header, output = {"error": traceback.format_exc()}, b""
-            send(1, header, output)
-            os._exit(0)
-        _, status = os.waitpid(supervisor, 0)
-        if status != 0:
-            sys.exit(f"the supervisor failed (status {status})")
-    if mode == "plain":
-        _clean_dir(base)
-        os.rmdir(base)
+        try:
+            header, output = run_job(mode, job, files, payload[offset:], workdir)
+        except Exception:
+            header, output = {"error": traceback.format_exc()}, ()
+        send(1, header, output)
+        del files, payload, buffer, output  # unmapped: the job's data leaves the worker
+        _after_job(mode, workdir)
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(*sys.argv[1:])
