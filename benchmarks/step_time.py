@@ -21,7 +21,9 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="tiny")
@@ -45,7 +47,9 @@ def main() -> None:
     learners = {}
     for algorithm in ("sdpo", "grpo"):
         policy = copy.deepcopy(session.policy)
-        learners[algorithm] = Learner(policy, session.tokenizer.pad_token_id, preset(algorithm, {"model": args.model}))
+        learners[algorithm] = Learner(
+            policy, session.tokenizer.pad_token_id, preset(algorithm, {"model": args.model})
+        )
     seconds: dict[str, list[float]] = {a: [] for a in learners}
     for batch in [batches[0]] + batches:  # the first one warms up
         for algorithm, learner in learners.items():
@@ -53,19 +57,52 @@ def main() -> None:
             learner.step(batch)
             seconds[algorithm].append(time.perf_counter() - began)
     train = {a: statistics.median(s[1:]) for a, s in seconds.items()}
+    teacher_pass = time_teacher_pass(learners["sdpo"], batches)
     rollout = statistics.median(rollout_seconds)
     unique = statistics.median(
         len({tuple(s.teacher_prompt_ids or s.prompt_ids) for s in b.samples}) for b in batches
     )
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {args.threads}, repeats {args.repeats}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch threads {args.threads}, repeats {args.repeats}"
+    )
     print(f"distinct teacher prompts per 64-sample batch (median): {unique}")
     print("| part | sdpo (s) | grpo (s) | sdpo / grpo |")
     print("| --- | --- | --- | --- |")
-    print(f"| training step (same batch) | {train['sdpo']:.4f} | {train['grpo']:.4f} | {train['sdpo'] / train['grpo']:.2f} |")
+    print(
+        f"| training step (same batch) | {train['sdpo']:.4f} | {train['grpo']:.4f} | {train['sdpo'] / train['grpo']:.2f} |"
+    )
     full = {a: rollout + t for a, t in train.items()}
-    print(f"| full step (sampling + scoring + training) | {full['sdpo']:.4f} | {full['grpo']:.4f} | {full['sdpo'] / full['grpo']:.2f} |")
+    print(
+        f"| full step (sampling + scoring + training) | {full['sdpo']:.4f} | {full['grpo']:.4f} | {full['sdpo'] / full['grpo']:.2f} |"
+    )
     print(f"(sampling alone: {rollout:.4f} s)")
+    shared, full_rows = teacher_pass
+    print(
+        f"teacher pass: {shared:.4f} s with shared prompts encoded once, {full_rows:.4f} s encoding "
+        f"every row ({full_rows / shared:.2f}x)"
+    )
+
+
+def time_teacher_pass(learner, batches) -> tuple[float, float]:
+    """Median teacher-pass seconds: distinct prompts encoded once vs every row encoded."""
+    from trainer.batch import build_sequences
+    from trainer.prefix import shared_prefix_logits
+
+    shared, full_rows = [], []
+    for batch in batches:
+        prompts = [s.teacher_prompt_ids or s.prompt_ids for s in batch.samples]
+        responses = [s.response_ids for s in batch.samples]
+        began = time.perf_counter()
+        learner.teacher.score(
+            lambda m, p=prompts, r=responses: shared_prefix_logits(m, p, r, learner.pad_id)
+        )
+        shared.append(time.perf_counter() - began)
+        seqs = build_sequences(prompts, responses, learner.pad_id)
+        began = time.perf_counter()
+        learner.teacher.logits(seqs.input_ids, seqs.attention_mask, seqs.position_ids)
+        full_rows.append(time.perf_counter() - began)
+    return statistics.median(shared), statistics.median(full_rows)
 
 
 if __name__ == "__main__":

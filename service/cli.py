@@ -30,6 +30,14 @@ app.add_typer(tiny_app, name="tiny-model")
 console = Console()
 
 
+def quiet_libraries() -> None:
+    """Our own progress bars replace the libraries' per-file ones."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(code=2)
@@ -99,6 +107,7 @@ def train(
         raise fail(str(exc)) from exc
 
     logging.basicConfig(level=logging.WARNING)
+    quiet_libraries()
     console.print(
         f"[bold]opsd train[/bold] {cfg.algorithm} on {cfg.env} with {cfg.model}, {cfg.steps} steps -> {out}"
     )
@@ -143,6 +152,7 @@ def tiny_build(
     from trainer.model import TINY_MODEL_DIR
     from trainer.tiny import PretrainConfig, build_tiny_model
 
+    quiet_libraries()
     cfg = PretrainConfig(seed=seed) if steps is None else PretrainConfig(steps=steps, seed=seed)
     target = out or TINY_MODEL_DIR
     with progress_bar() as progress:
@@ -155,3 +165,106 @@ def tiny_build(
             ),
         )
     console.print(f"tiny model written to {target}")
+
+
+sandbox_app = typer.Typer(help="Run programs in the sandbox.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+envs_app = typer.Typer(help="Look at environments.", no_args_is_help=True)
+app.add_typer(envs_app, name="envs")
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    file: Annotated[Path, typer.Argument(help="a Python program")],
+    stdin: Annotated[Path | None, typer.Option(help="file to give the program on stdin")] = None,
+    backend: Annotated[str, typer.Option(help="bwrap, docker or process (UNSAFE)")] = "bwrap",
+    timeout: Annotated[float, typer.Option(help="wall-clock seconds (also the CPU limit)")] = 10.0,
+    memory_mb: Annotated[int, typer.Option(help="memory limit in MiB")] = 512,
+) -> None:
+    """Run FILE in the sandbox and print its execution record as JSON."""
+    import asyncio
+
+    from sandbox import Limits, Program, SandboxError, make_sandbox, unavailable
+
+    for path in (file, stdin):
+        if path is not None and not path.is_file():
+            raise fail(f"file {path} does not exist")
+    try:
+        why = unavailable(backend)
+        limits = Limits(wall_seconds=timeout, cpu_seconds=timeout, memory_bytes=memory_mb << 20)
+    except (SandboxError, ValidationError) as exc:
+        raise fail(str(exc)) from exc
+    if why:
+        raise fail(f"sandbox backend {backend!r} is unavailable: {why}")
+    program = Program(
+        command=["python3", file.name],
+        files={file.name: file.read_bytes()},
+        stdin=stdin.read_bytes() if stdin else b"",
+    )
+
+    async def run_once():
+        async with make_sandbox(backend, workers=1, limits=limits) as box:
+            return await box.run(program, limits)
+
+    try:
+        record = asyncio.run(run_once())
+    except SandboxError as exc:
+        raise fail(f"sandbox backend {backend!r} failed: {exc}") from exc
+    typer.echo(record.model_dump_json(indent=2))
+
+
+@envs_app.command("try")
+def envs_try(
+    name: Annotated[str, typer.Argument(help="environment name")],
+    model: Annotated[str, typer.Option(help="`tiny`, a model directory or a hub name")] = "tiny",
+    n: Annotated[int, typer.Option("-n", help="responses per task")] = 4,
+    tasks: Annotated[int, typer.Option(help="tasks from the train split")] = 2,
+    config: Annotated[str | None, typer.Option(help="environment config as JSON")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per response")] = 64,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda ... (default: cuda if present)")
+    ] = None,
+) -> None:
+    """Sample a few responses with a policy and show how the environment scores them."""
+    import asyncio
+
+    from rich.table import Table
+
+    from envs.registry import InvalidEnvConfig, UnknownEnvironment, make_env
+    from trainer.config import ContextConfig, SamplingConfig
+    from trainer.context import TeacherContextBuilder
+    from trainer.model import ModelNotFound, load_policy, pick_device
+    from trainer.rollout import score_all
+    from trainer.sampler import TransformersSampler
+
+    try:
+        env_config = json.loads(config) if config else {}
+        env = make_env(name, env_config)
+        chosen = list(env.dataset("train"))[:tasks]
+        policy, tokenizer = load_policy(model, device=pick_device(device))
+    except json.JSONDecodeError as exc:
+        raise fail(f"--config is not JSON: {exc}") from exc
+    except (UnknownEnvironment, InvalidEnvConfig, ModelNotFound, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    builder = TeacherContextBuilder(tokenizer, ContextConfig())
+    sampler = TransformersSampler(policy, tokenizer)
+    prompts = [builder.student_prompt_ids(t.prompt) for t in chosen]
+    groups = sampler.sample(prompts, n, SamplingConfig(max_new_tokens=max_new_tokens))
+    flat_tasks = [t for t in chosen for _ in range(n)]
+    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for g in groups for c in g]
+
+    async def score():
+        try:
+            return await score_all(env, flat_tasks, texts)
+        finally:
+            if hasattr(env, "aclose"):
+                await env.aclose()
+
+    scores = asyncio.run(score())
+    table = Table(title=f"{name}: {len(chosen)} tasks x {n} responses from {model}")
+    for column in ("task", "response", "reward", "verdict", "feedback"):
+        table.add_column(column, overflow="fold")
+    for task, text, s in zip(flat_tasks, texts, scores, strict=True):
+        clipped = text if len(text) <= 200 else text[:200] + "..."
+        table.add_row(task.id, clipped, f"{s.reward:.2f}", str(s.verdict), s.feedback or "")
+    console.print(table)

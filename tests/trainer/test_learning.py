@@ -8,7 +8,6 @@ token scores. Held-out greedy accuracy must rise by at least 20 points.
 import json
 
 import pytest
-import torch
 
 from trainer.loop import train
 from trainer.presets import preset
@@ -16,9 +15,8 @@ from trainer.presets import preset
 
 @pytest.mark.slow
 def test_self_distillation_raises_held_out_accuracy_by_20_points(tmp_path):
-    torch.set_num_threads(2)
-    cfg = preset("sdpo", {"steps": 200, "seed": 0, "eval": {"every": 200, "size": 256}})
+    cfg = preset("sdpo", {"steps": 150, "seed": 0, "eval": {"every": 150, "size": 256}})
     summary = train(cfg, tmp_path)
     assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.20, summary
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(201))
+    assert [r["step"] for r in records] == list(range(151))

@@ -18,25 +18,13 @@ from transformers import AutoModelForCausalLM
 from trainer.checkpoint import checkpoint_path
 from trainer.loop import Session, train
 from trainer.presets import preset
-from trainer.tiny import PretrainConfig, build_tiny_model
 
 SAMPLES_PER_STEP = 2 * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, most of all on a machine shared with a job."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), PretrainConfig(steps=1, batch_size=4, warmup=1)
-    )
+def model_dir(random_model_dir) -> Path:
+    return random_model_dir
 
 
 def config(model_dir: Path, algorithm: str = "sdpo", **overrides):

@@ -7,7 +7,6 @@ tiny model must be weak alone (<= 30%) and strong with the answer in its context
 import random
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.arithmetic import ArithmeticEnv
@@ -22,10 +21,7 @@ from trainer.tiny import hinted_context
 
 @pytest.fixture(scope="module")
 def session():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield Session.open(preset("sdpo", {"model": "tiny"}))
-    torch.set_num_threads(threads)
+    return Session.open(preset("sdpo", {"model": "tiny"}))
 
 
 def test_tiny_model_loads_with_plain_transformers():
@@ -38,7 +34,12 @@ def test_tiny_model_loads_with_plain_transformers():
 
 def test_tiny_model_is_weak_alone_and_strong_with_the_answer_in_context(session):
     tasks = list(ArithmeticEnv().dataset("eval"))
-    common = {"sampler": session.sampler, "tokenizer": session.tokenizer, "builder": session.builder, "max_new_tokens": 6}
+    common = {
+        "sampler": session.sampler,
+        "tokenizer": session.tokenizer,
+        "builder": session.builder,
+        "max_new_tokens": 6,
+    }
     alone = greedy_accuracy(session.env, tasks, **common)
     rng = random.Random(0)
     builder = TeacherContextBuilder(session.tokenizer, ContextConfig())
