@@ -127,8 +127,13 @@ def plain_accuracy(model: LlamaForCausalLM, tokenizer, tasks: list[Task]) -> flo
     from trainer.config import SamplingConfig
     from trainer.sampler import TransformersSampler
 
-    prompts = [[tokenizer.bos_token_id] + tokenizer(t.prompt, add_special_tokens=False)["input_ids"] for t in tasks]
-    out = TransformersSampler(model, tokenizer).sample(prompts, 1, SamplingConfig(max_new_tokens=6), greedy=True)
+    prompts = [
+        [tokenizer.bos_token_id] + tokenizer(t.prompt, add_special_tokens=False)["input_ids"]
+        for t in tasks
+    ]
+    out = TransformersSampler(model, tokenizer).sample(
+        prompts, 1, SamplingConfig(max_new_tokens=6), greedy=True
+    )
     answers = [tokenizer.decode(c[0].token_ids, skip_special_tokens=True) for c in out]
     return sum(a.strip() == t.reference for a, t in zip(answers, tasks, strict=True)) / len(tasks)
 

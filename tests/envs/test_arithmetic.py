@@ -74,7 +74,10 @@ def test_reversed_digits_write_operands_and_answer_least_significant_digit_first
     assert score(env, 12, 38, "05").verdict is Verdict.ok
     assert score(env, 12, 38, "50").verdict is Verdict.wrong_answer
     assert score(env, 12, 38, "5").verdict is Verdict.wrong_answer  # the leading zero is a digit
-    assert all(t.prompt == f"{t.data['a']}"[::-1] + "+" + f"{t.data['b']}"[::-1] + "=" for t in env.dataset("eval"))
+    assert all(
+        t.prompt == f"{t.data['a']}"[::-1] + "+" + f"{t.data['b']}"[::-1] + "="
+        for t in env.dataset("eval")
+    )
 
 
 def test_correct_sum_with_surrounding_text_is_still_ok():
