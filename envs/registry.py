@@ -14,6 +14,7 @@ ENTRY_POINT_GROUP = "opsd.envs"
 
 BUILTIN: dict[str, str] = {
     "arithmetic": "envs.arithmetic:ArithmeticEnv",
+    "code": "envs.code:CodeEnv",
 }
 
 
