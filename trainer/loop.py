@@ -83,6 +83,18 @@ class Session:
             policy_version=policy_version,
         )
 
+    def close(self) -> None:
+        """Release what the environment holds (a warm sandbox pool, for example)."""
+        close = getattr(self.env, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def save(self, path: Path, state: dict) -> Path:
         lr = self.learner
         return save_checkpoint(
@@ -126,71 +138,71 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     metrics_path = out / "metrics.jsonl"
-    session = Session.open(cfg, device)
-    task_rng = random.Random(cfg.seed)
-    train_tasks = list(session.env.dataset("train"))
+    with Session.open(cfg, device) as session:
+        task_rng = random.Random(cfg.seed)
+        train_tasks = list(session.env.dataset("train"))
 
-    start, base_acc, wall_before = 0, None, 0.0
-    if (ckpt := latest_checkpoint(out)) is not None:
-        state = session.load(ckpt)
-        start, base_acc, wall_before = (
-            state["step"],
-            state["base_eval_accuracy"],
-            state["wall_seconds"],
-        )
-        task_rng.setstate(_tuple_state(state["task_rng"]))
-        _truncate_metrics(metrics_path, start)
-        log.info("resumed %s at step %d", out, start)
-    else:
-        metrics_path.write_text("")
-        base_acc = session.evaluate()
-        record = {"step": 0, "samples_seen": 0, "eval_accuracy": base_acc}
-        _append(metrics_path, record)
-        if on_step:
-            on_step(record)
+        start, base_acc, wall_before = 0, None, 0.0
+        if (ckpt := latest_checkpoint(out)) is not None:
+            state = session.load(ckpt)
+            start, base_acc, wall_before = (
+                state["step"],
+                state["base_eval_accuracy"],
+                state["wall_seconds"],
+            )
+            task_rng.setstate(_tuple_state(state["task_rng"]))
+            _truncate_metrics(metrics_path, start)
+            log.info("resumed %s at step %d", out, start)
+        else:
+            metrics_path.write_text("")
+            base_acc = session.evaluate()
+            record = {"step": 0, "samples_seen": 0, "eval_accuracy": base_acc}
+            _append(metrics_path, record)
+            if on_step:
+                on_step(record)
 
-    began = time.monotonic() - wall_before
-    samples_per_step = cfg.prompts_per_step * cfg.samples_per_prompt
-    final_acc = _last_eval_accuracy(metrics_path, default=base_acc)
-    for step in range(start + 1, cfg.steps + 1):
-        step_began = time.monotonic()
-        tasks = task_rng.sample(train_tasks, cfg.prompts_per_step)
-        batch, rollouts = session.rollout(tasks, policy_version=step - 1)
-        result = session.learner.step(batch)
-        record = {
-            "step": step,
-            "reward_mean": sum(r.reward for r in rollouts) / len(rollouts),
-            "samples_seen": step * samples_per_step,
-            "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples)
-            / len(batch.samples),
-            **result.metrics,
-            "step_seconds": time.monotonic() - step_began,
-        }
-        if step % cfg.eval.every == 0 or step == cfg.steps:
-            final_acc = record["eval_accuracy"] = session.evaluate()
-        _append(metrics_path, record)
-        if on_step:
-            on_step(record)
-        if (checkpoint_every and step % checkpoint_every == 0) or step == cfg.steps:
-            state = {
+        began = time.monotonic() - wall_before
+        samples_per_step = cfg.prompts_per_step * cfg.samples_per_prompt
+        final_acc = _last_eval_accuracy(metrics_path, default=base_acc)
+        for step in range(start + 1, cfg.steps + 1):
+            step_began = time.monotonic()
+            tasks = task_rng.sample(train_tasks, cfg.prompts_per_step)
+            batch, rollouts = session.rollout(tasks, policy_version=step - 1)
+            result = session.learner.step(batch)
+            record = {
                 "step": step,
-                "base_eval_accuracy": base_acc,
-                "wall_seconds": time.monotonic() - began,
-                "task_rng": task_rng.getstate(),
-                "batch_ids": [batch.id],
+                "reward_mean": sum(r.reward for r in rollouts) / len(rollouts),
+                "samples_seen": step * samples_per_step,
+                "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples)
+                / len(batch.samples),
+                **result.metrics,
+                "step_seconds": time.monotonic() - step_began,
             }
-            session.save(checkpoint_path(out, step), state)
+            if step % cfg.eval.every == 0 or step == cfg.steps:
+                final_acc = record["eval_accuracy"] = session.evaluate()
+            _append(metrics_path, record)
+            if on_step:
+                on_step(record)
+            if (checkpoint_every and step % checkpoint_every == 0) or step == cfg.steps:
+                state = {
+                    "step": step,
+                    "base_eval_accuracy": base_acc,
+                    "wall_seconds": time.monotonic() - began,
+                    "task_rng": task_rng.getstate(),
+                    "batch_ids": [batch.id],
+                }
+                session.save(checkpoint_path(out, step), state)
 
-    summary = {
-        "base_eval_accuracy": base_acc,
-        "final_eval_accuracy": final_acc,
-        "samples_seen": cfg.steps * samples_per_step,
-        "steps": cfg.steps,
-        "wall_seconds": time.monotonic() - began,
-        "algorithm": cfg.algorithm,
-        "checkpoint": str(checkpoint_path(out, cfg.steps)) if cfg.steps else None,
-        "config": cfg.model_dump(mode="json"),
-    }
+        summary = {
+            "base_eval_accuracy": base_acc,
+            "final_eval_accuracy": final_acc,
+            "samples_seen": cfg.steps * samples_per_step,
+            "steps": cfg.steps,
+            "wall_seconds": time.monotonic() - began,
+            "algorithm": cfg.algorithm,
+            "checkpoint": str(checkpoint_path(out, cfg.steps)) if cfg.steps else None,
+            "config": cfg.model_dump(mode="json"),
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

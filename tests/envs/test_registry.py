@@ -153,3 +153,11 @@ def test_environment_from_an_installed_package_entry_point_is_found_and_built(ec
 
     with pytest.raises(InvalidEnvConfig, match="echo"):
         make_env("echo", {"eval_size": 0})
+
+
+def test_environment_verdicts_extend_the_sandbox_verdicts():
+    from envs.base import Verdict as EnvVerdict
+    from sandbox import Verdict as SandboxVerdict
+
+    assert {v.value for v in SandboxVerdict} <= {v.value for v in EnvVerdict}
+    assert {v.value for v in EnvVerdict} - {v.value for v in SandboxVerdict} == {"format_error"}
