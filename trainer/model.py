@@ -27,7 +27,10 @@ def resolve_model(name: str) -> str:
         if not (path / "config.json").exists():
             raise ModelNotFound(f"{name!r} is not built yet: run `opsd tiny-model build`")
         return str(path)
-    return name
+    looks_local = name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
+    if looks_local and not (Path(name).expanduser() / "config.json").exists():
+        raise ModelNotFound(f"no Hugging Face model directory at {name!r} (config.json missing)")
+    return str(Path(name).expanduser()) if looks_local else name
 
 
 def pick_device(device: str | None = None) -> torch.device:

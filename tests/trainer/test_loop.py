@@ -136,3 +136,12 @@ def test_grpo_preset_trains_without_a_teacher(model_dir, tmp_path):
     assert summary["algorithm"] == "grpo"
     assert all("grpo_loss" in r and "distill_loss" not in r for r in records[1:])
     assert (checkpoint_path(tmp_path, 2) / "config.json").is_file()
+
+
+def test_a_missing_model_directory_fails_at_once_with_a_clear_error(tmp_path):
+    from trainer.model import ModelNotFound, resolve_model
+
+    with pytest.raises(ModelNotFound, match="config.json missing"):
+        resolve_model(str(tmp_path / "nothing-here"))
+    with pytest.raises(ModelNotFound, match="config.json missing"):
+        resolve_model(str(tmp_path))  # a directory, but not a model
