@@ -1,0 +1,36 @@
+"""Service settings, read from `OPSD_*` environment variables (DESIGN.md "Two ways to run").
+
+Nothing reads these globally: the app factory / worker entry point builds one `Settings`
+and passes what each part needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSD_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path("./opsd-data"), description="checkpoints, logs and the embedded SQLite database"
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL; default: the SQLite file <data_dir>/opsd.db (embedded mode)",
+    )
+    redis_url: str | None = Field(None, description="Redis URL; None = the in-process bus")
+    api_token: str | None = Field(
+        None, description="bearer token for mutating calls; required beyond localhost"
+    )
+    host: str = Field("127.0.0.1", description="address the API listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port the API listens on")
+
+    @model_validator(mode="after")
+    def default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'opsd.db'}"
+        return self

@@ -1,0 +1,27 @@
+"""The record: SQLAlchemy models, Alembic migrations (service/migrations) and the repository.
+
+from service.storage import Repository, make_engine, make_sessionmaker, upgrade
+upgrade(settings.database_url)
+repo = Repository(make_sessionmaker(make_engine(settings.database_url)))
+"""
+
+from service.storage.db import make_engine, make_sessionmaker
+from service.storage.models import RunStatus
+from service.storage.repository import (
+    AlreadyExists,
+    InvalidCursor,
+    NotFound,
+    Repository,
+    StorageError,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "InvalidCursor",
+    "NotFound",
+    "Repository",
+    "RunStatus",
+    "StorageError",
+    "make_engine",
+    "make_sessionmaker",
+]

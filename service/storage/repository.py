@@ -1,0 +1,306 @@
+"""The storage API the app and the worker use: one session (one transaction) per call.
+
+Returned objects are detached ORM rows: read their attributes, do not lazy-load or
+mutate them (change things through a repository method). Lists page with opaque
+cursors: `items, next_cursor = repo.list_runs(limit, cursor)`; `next_cursor` is None
+on the last page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.storage.models import (
+    Checkpoint,
+    Environment,
+    Event,
+    Run,
+    RunStatus,
+    Step,
+    TokenScores,
+    Trajectory,
+)
+from trainer.config import RunConfig
+
+
+class StorageError(Exception):
+    """Base of the typed storage errors the API turns into 4xx responses."""
+
+
+class NotFound(StorageError):
+    pass
+
+
+class AlreadyExists(StorageError):
+    pass
+
+
+class InvalidCursor(StorageError, ValueError):
+    pass
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = text.partition(":")
+        if prefix != "id":
+            raise ValueError(text)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as error:
+        raise InvalidCursor(f"invalid cursor {cursor!r}") from error
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity (Postgres refuses them): store such floats as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+class Repository:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def _page(
+        self, query: Select, id_column, limit: int, cursor: str | None, newest_first: bool
+    ) -> tuple[list, str | None]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            query = query.where(id_column < after if newest_first else id_column > after)
+        query = query.order_by(id_column.desc() if newest_first else id_column.asc())
+        with self.sessions() as s:
+            rows = list(s.scalars(query.limit(limit + 1)))
+        if len(rows) <= limit:
+            return rows, None
+        return rows[:limit], encode_cursor(rows[limit - 1].id)
+
+    # environments
+
+    def create_environment(self, name: str, kind: str, config: dict[str, Any]) -> Environment:
+        env = Environment(name=name, kind=kind, config=config)
+        try:
+            with self.sessions.begin() as s:
+                s.add(env)
+        except IntegrityError as error:
+            raise AlreadyExists(f"environment {name!r} already exists") from error
+        return env
+
+    def get_environment(self, key: int | str) -> Environment:
+        """By id (int) or by name (str)."""
+        column = Environment.id if isinstance(key, int) else Environment.name
+        with self.sessions() as s:
+            env = s.scalar(select(Environment).where(column == key))
+        if env is None:
+            raise NotFound(f"environment {key!r} not found")
+        return env
+
+    def list_environments(self) -> list[Environment]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Environment).order_by(Environment.name)))
+
+    # runs
+
+    def create_run(self, environment_id: int, config: RunConfig) -> Run:
+        run = Run(
+            environment_id=environment_id,
+            model=config.model,
+            status=RunStatus.queued,
+            config=config.model_dump(mode="json"),
+        )
+        try:
+            with self.sessions.begin() as s:
+                s.add(run)
+        except IntegrityError as error:
+            raise NotFound(f"environment {environment_id} not found") from error
+        return run
+
+    def get_run(self, run_id: int) -> Run:
+        with self.sessions() as s:
+            run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    def list_runs(
+        self, limit: int = 50, cursor: str | None = None, status: RunStatus | None = None
+    ) -> tuple[list[Run], str | None]:
+        """Newest first."""
+        query = select(Run)
+        if status is not None:
+            query = query.where(Run.status == status)
+        return self._page(query, Run.id, limit, cursor, newest_first=True)
+
+    def set_status(self, run_id: int, status: RunStatus, error: str | None = None) -> Run:
+        """Move a run to `status`; `error` is kept for failed runs (and cleared otherwise)."""
+        with self.sessions.begin() as s:
+            run = s.get(Run, run_id, with_for_update=True)
+            if run is None:
+                raise NotFound(f"run {run_id} not found")
+            run.status = status
+            run.error = error
+        return run
+
+    # steps, trajectories, token scores
+
+    def record_step(
+        self,
+        run_id: int,
+        step: int,
+        batch_id: str,
+        metrics: dict[str, float],
+        policy_version: int,
+        trajectories: Sequence[dict[str, Any]],
+        log_ratios: Sequence[Sequence[float]] = (),
+    ) -> bool:
+        """Write a step, its trajectories and token scores in one transaction.
+
+        Each trajectory dict holds the `Rollout` fields plus `group_index` and
+        `sample_index` (optionally `policy_version`, `metrics`). `log_ratios` is empty
+        or one list per trajectory, in the same order. Returns False, writing nothing,
+        when this run already recorded `batch_id` (a redelivered batch). Also advances
+        the run's `steps_done` and `policy_version`. NaN/inf floats are stored as null.
+        """
+        if log_ratios and len(log_ratios) != len(trajectories):
+            raise ValueError(
+                f"{len(log_ratios)} log-ratio rows for {len(trajectories)} trajectories"
+            )
+        try:
+            with self.sessions.begin() as s:
+                if self._has_batch(s, run_id, batch_id):
+                    return False
+                run = s.get(Run, run_id, with_for_update=True)
+                if run is None:
+                    raise NotFound(f"run {run_id} not found")
+                s.add(
+                    Step(
+                        run_id=run_id,
+                        step=step,
+                        batch_id=batch_id,
+                        metrics=finite_or_none(metrics),
+                        policy_version=policy_version,
+                    )
+                )
+                rows = [
+                    Trajectory(
+                        **{"policy_version": policy_version, **t, "run_id": run_id, "step": step}
+                    )
+                    for t in trajectories
+                ]
+                s.add_all(rows)
+                s.flush()  # assigns trajectory ids
+                if log_ratios:
+                    s.add_all(
+                        TokenScores(trajectory_id=row.id, log_ratios=finite_or_none(list(ratios)))
+                        for row, ratios in zip(rows, log_ratios, strict=True)
+                    )
+                run.steps_done += 1
+                run.policy_version = max(run.policy_version, policy_version)
+        except IntegrityError:
+            # A concurrent delivery of the same batch may have won the race.
+            if self.batch_recorded(run_id, batch_id):
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _has_batch(s: Session, run_id: int, batch_id: str) -> bool:
+        query = select(Step.id).where(Step.run_id == run_id, Step.batch_id == batch_id)
+        return s.scalar(query) is not None
+
+    def batch_recorded(self, run_id: int, batch_id: str) -> bool:
+        """The worker's check before training: was this batch already trained on?"""
+        with self.sessions() as s:
+            return self._has_batch(s, run_id, batch_id)
+
+    def list_trajectories(
+        self,
+        run_id: int,
+        step: int | None = None,
+        verdict: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Trajectory], str | None]:
+        """In the order they were written (step, then group, then sample)."""
+        query = select(Trajectory).where(Trajectory.run_id == run_id)
+        if step is not None:
+            query = query.where(Trajectory.step == step)
+        if verdict is not None:
+            query = query.where(Trajectory.verdict == verdict)
+        return self._page(query, Trajectory.id, limit, cursor, newest_first=False)
+
+    def get_trajectory(self, trajectory_id: int) -> tuple[Trajectory, list[float | None] | None]:
+        """The trajectory and its per-token log-ratios (None when none were recorded)."""
+        with self.sessions() as s:
+            trajectory = s.get(Trajectory, trajectory_id)
+            if trajectory is None:
+                raise NotFound(f"trajectory {trajectory_id} not found")
+            scores = s.get(TokenScores, trajectory_id)
+        return trajectory, scores.log_ratios if scores is not None else None
+
+    def list_steps(self, run_id: int) -> list[Step]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.step)))
+
+    def metrics_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
+        """`{metric: [(step, value), ...]}` in step order; null (non-finite) values left out."""
+        series: dict[str, list[tuple[int, float]]] = {}
+        for row in self.list_steps(run_id):
+            for name, value in row.metrics.items():
+                if value is not None:
+                    series.setdefault(name, []).append((row.step, value))
+        return series
+
+    def steps_done(self, run_id: int) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).where(Step.run_id == run_id)) or 0
+
+    def trajectory_count(self, run_id: int) -> int:
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).where(Trajectory.run_id == run_id)) or 0
+
+    # checkpoints
+
+    def add_checkpoint(self, run_id: int, step: int, path: str) -> Checkpoint:
+        checkpoint = Checkpoint(run_id=run_id, step=step, path=path)
+        with self.sessions.begin() as s:
+            s.add(checkpoint)
+        return checkpoint
+
+    def list_checkpoints(self, run_id: int) -> list[Checkpoint]:
+        query = select(Checkpoint).where(Checkpoint.run_id == run_id)
+        with self.sessions() as s:
+            return list(s.scalars(query.order_by(Checkpoint.step, Checkpoint.id)))
+
+    # events
+
+    def add_event(self, run_id: int | None, kind: str, payload: dict[str, Any]) -> Event:
+        event = Event(run_id=run_id, kind=kind, payload=finite_or_none(payload))
+        with self.sessions.begin() as s:
+            s.add(event)
+        return event
+
+    def events_after(self, run_id: int | None, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        """Events with id > after_id, oldest first; run_id None means every run's and global."""
+        query = select(Event).where(Event.id > after_id)
+        if run_id is not None:
+            query = query.where(Event.run_id == run_id)
+        with self.sessions() as s:
+            return list(s.scalars(query.order_by(Event.id).limit(limit)))
