@@ -32,6 +32,7 @@ class LossInputs:
     group_size: int  # G samples per prompt
     has_teacher_signal: Tensor  # [B] bool, False when there was no feedback and no sibling
     truncated: Tensor  # [B] bool, response cut off by the token budget
+    sampling_temperature: float = 1.0  # temperature of sampler_logp; the surrogate uses it too
 
 
 def _kl(logp: Tensor, logq: Tensor) -> Tensor:
@@ -265,7 +266,7 @@ def policy_loss(
     not computed and teacher_logits may be None when w = 0. Advantage mix (cfg.advantage_mix =
     lambda, sampled_token only): A_t = lambda A_grpo + (1-lambda) A_sd,t in one clipped
     surrogate, which replaces both terms; samples without teacher signal get A_sd = 0.
-    The surrogate's log pi(y_t) comes from the raw student logits (temperature 1) against
+    The surrogate's log pi(y_t) comes from the student logits at batch.sampling_temperature against
     logp_old = batch.sampler_logp; A_sd and the distillation term use cfg.distill.temperature.
 
     student_logits  # [B, T, V] with grad, aligned with batch.response_ids
@@ -288,11 +289,14 @@ def policy_loss(
     use_grpo = mix is not None or w < 1
     distill_loss = grpo_loss = None
 
-    if use_grpo:  # per-sample GRPO advantage on every token, log pi(y_t) at temperature 1
+    if (
+        use_grpo
+    ):  # per-sample GRPO advantage on every token, log pi(y_t) at the sampling temperature
         adv_grpo = grpo_advantages(  # [B]
             batch.rewards, batch.group_size, cfg.grpo.scaling, cfg.grpo.eps_std
         )
-        logp_token = _token_logp(student_logits.float().log_softmax(-1), batch.response_ids)
+        logits_at_sampling = student_logits.float() / batch.sampling_temperature
+        logp_token = _token_logp(logits_at_sampling.log_softmax(-1), batch.response_ids)
         advantages = adv_grpo.unsqueeze(-1).expand_as(logp_token)  # [B, T]
 
     if mix is not None:  # advantage mix: one surrogate with A = lambda A_grpo + (1-lambda) A_sd

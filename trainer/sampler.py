@@ -1,8 +1,10 @@
 """Samplers: generate responses with the current policy and report their log-probs.
 
 A sampler takes tokenised prompts and returns, per prompt, `n` responses with the
-log-prob of every sampled token under the distribution it was drawn from. The
-trainer uses those log-probs for importance weights and the GRPO ratio.
+log-prob of every sampled token under the policy at the sampling temperature
+(before top-p / top-k truncation, which only restricts what can be drawn). The
+trainer recomputes the same quantity for importance weights and the GRPO ratio, so
+on-policy ratios are exactly 1.
 """
 
 from __future__ import annotations
@@ -83,16 +85,15 @@ class TransformersSampler:
                 max_new_tokens=params.max_new_tokens,
                 eos_token_id=self.eos_id,
                 pad_token_id=self.pad_id,
-                output_scores=True,
+                output_logits=True,
                 return_dict_in_generate=True,
             )
         finally:
             self.model.train(was_training)
         new_tokens = out.sequences[:, ids.shape[1] :]  # [B, T]
-        scores = torch.stack(out.scores, dim=1).float()  # [B, T, V], processed logits
-        logprobs = (
-            torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        )
+        temperature = 1.0 if greedy else params.temperature
+        logits = torch.stack(out.logits, dim=1).float() / temperature  # [B, T, V], raw logits
+        logprobs = logits.log_softmax(-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         completions = []
         for tokens, lps in zip(new_tokens.tolist(), logprobs.tolist(), strict=True):
             if self.eos_id in tokens:

@@ -107,6 +107,7 @@ class Learner:
             group_size=batch.group_size,
             has_teacher_signal=torch.tensor([s.teacher_prompt_ids is not None for s in samples]),
             truncated=torch.tensor([s.truncated for s in samples]),
+            sampling_temperature=self.cfg.sampling.temperature,
             **tensors,
         )
         inputs = LossInputs(

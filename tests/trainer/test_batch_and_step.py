@@ -312,3 +312,30 @@ def test_two_micro_batches_give_the_full_batch_gradient_under_sequence_mean_for_
     model = tiny_llama()
     batch = make_batch(model, [1.0, 0.0, 0.0, 1.0], 2, [3, 2, 4, 1], [1, 2, 4, 5])
     assert_accumulation_matches(algorithm, batch, model, "sequence_mean")
+
+
+def test_grpo_ratio_is_one_on_policy_at_any_sampling_temperature():
+    """The surrogate recomputes log-probs at the sampler's temperature, so ratio = 1."""
+    from trainer.losses import LossInputs, policy_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 7, requires_grad=True)  # [B, T, V]
+    ids = torch.randint(0, 7, (4, 3))
+    sampler_logp = (logits.detach() / 0.7).log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    inputs = LossInputs(
+        response_ids=ids,
+        response_mask=torch.ones(4, 3),
+        sampler_logp=sampler_logp,
+        rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]),
+        group_size=2,
+        has_teacher_signal=torch.ones(4, dtype=torch.bool),
+        truncated=torch.zeros(4, dtype=torch.bool),
+        sampling_temperature=0.7,
+    )
+    cfg = preset("grpo").loss
+    loss, _, _ = policy_loss(logits, None, inputs, cfg)
+    # With ratio 1 the surrogate is -mean(A), and the two groups' advantages cancel exactly;
+    # a ratio other than 1 (log-probs at another temperature) would weight them unevenly.
+    assert abs(loss.item()) < 1e-6
+    loss.backward()
+    assert logits.grad.abs().sum() > 0

@@ -173,3 +173,14 @@ def test_sampling_leaves_the_model_in_its_training_mode(model, tokenizer, prompt
         assert model.training
     finally:
         model.eval()
+
+
+def test_logprobs_ignore_top_p_and_top_k_truncation(model, tokenizer, prompts):
+    """Truncation only restricts what is drawn; the reported log-prob is the policy's at T."""
+    params = SamplingConfig(temperature=1.0, top_p=0.5, top_k=3, max_new_tokens=MAX_NEW)
+    torch.manual_seed(5)
+    groups = TransformersSampler(model, tokenizer).sample(prompts[:2], 3, params)
+    for prompt, group in zip(prompts[:2], groups, strict=True):
+        for c in group:
+            expected = manual_logprobs(model, prompt, c.token_ids)
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
