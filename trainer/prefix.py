@@ -2,9 +2,17 @@
 
 Within a group, teacher prompts repeat: every failed attempt is shown the same
 successful sibling, and environments often give identical feedback. Encoding each
-distinct prompt once and reusing its key/value cache for all the responses that
-follow it is what prefix caching does in inference servers; here it makes the
-teacher pass cost about one prompt per group instead of one per sample.
+distinct prompt once is what prefix caching does in inference servers; here it makes
+the teacher pass cost about one prompt per group instead of one per sample.
+
+Two ways, same result:
+- `packed_prefix_logits`: one row per distinct prompt, holding the prompt followed by
+  all its responses, with a block attention mask (each response sees the prompt and
+  itself). One forward pass, nothing copied. Needs an attention implementation that
+  takes a 4D mask (`sdpa`, `eager`).
+- `cached_prefix_logits`: encode the distinct prompts, copy their key/value cache to
+  every response row, then run the responses. Works with any attention kernel.
+`shared_prefix_logits` picks the first where it can.
 """
 
 from __future__ import annotations
@@ -31,9 +39,82 @@ def shared_prefix_logits(
 ) -> torch.Tensor:
     """Logits predicting each response token after its prompt.  -> [B, T, V]
 
-    Equal to running every prompt + response row through the model, but each distinct
-    prompt is encoded once. Prompts are left-padded, responses right-padded to T.
+    Equal to running every prompt + response row through the model (responses
+    right-padded to T; positions past a response's end hold filler the loss masks),
+    but each distinct prompt is encoded once.
     """
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if attention in ("sdpa", "eager"):
+        return packed_prefix_logits(model, prompts, responses, pad_id)
+    return cached_prefix_logits(model, prompts, responses, pad_id)
+
+
+def packed_prefix_logits(
+    model: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    pad_id: int,
+) -> torch.Tensor:
+    """One row per distinct prompt: `prompt, response_1[:-1], response_2[:-1], ...`.  -> [B, T, V]
+
+    A response's last token is never an input (nothing is predicted after it). Each
+    response segment restarts its positions after the prompt and attends to the prompt
+    and causally to itself only, so its logits equal those of its own unpacked row.
+    """
+    device = next(model.parameters()).device
+    unique, index = dedupe(prompts)
+    tokens: list[list[int]] = [list(p) for p in unique]
+    positions: list[list[int]] = [list(range(len(p))) for p in unique]
+    segments: list[list[int]] = [[0] * len(p) for p in unique]  # 0 = prompt, k = k-th response
+    row_of = index.tolist()
+    predictors: list[list[int]] = []  # per sample: the column whose logits predict token t
+    for i, response in enumerate(responses):
+        row = row_of[i]
+        prompt_len = len(unique[row])
+        start = len(tokens[row])
+        body = response[:-1]
+        tokens[row] += body
+        positions[row] += range(prompt_len, prompt_len + len(body))
+        segments[row] += [i + 1] * len(body)
+        predictors.append([prompt_len - 1] + list(range(start, start + len(body))))
+
+    width = max(len(t) for t in tokens)
+    rows = len(tokens)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, width), dtype=torch.long)
+    segment = torch.full((rows, width), -1, dtype=torch.long)  # -1 = padding
+    for r in range(rows):
+        n = len(tokens[r])
+        input_ids[r, :n] = torch.tensor(tokens[r], dtype=torch.long)
+        position_ids[r, :n] = torch.tensor(positions[r], dtype=torch.long)
+        segment[r, :n] = torch.tensor(segments[r], dtype=torch.long)
+    query, key = segment.unsqueeze(2), segment.unsqueeze(1)  # [U, L, 1], [U, 1, L]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # [L, L]
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))  # [U, L, L]
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=allowed.unsqueeze(1).to(device),  # [U, 1, L, L]
+        position_ids=position_ids.to(device),
+    ).logits  # [U, L, V]
+
+    steps = max(len(p) for p in predictors)
+    row_index = index.unsqueeze(1).expand(-1, steps)  # [B, T]
+    col_index = torch.zeros((len(responses), steps), dtype=torch.long)
+    for i, cols in enumerate(predictors):
+        col_index[i, : len(cols)] = torch.tensor(cols, dtype=torch.long)
+    return logits[
+        row_index.to(device), col_index.to(device)
+    ]  # [B, T, V]; past a response's end: filler
+
+
+def cached_prefix_logits(
+    model: torch.nn.Module,
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    pad_id: int,
+) -> torch.Tensor:
+    """Distinct prompts encoded once, their key/value cache copied to each response row.  -> [B, T, V]"""
     device = next(model.parameters()).device
     unique, index = dedupe(prompts)
     prompt_ids, prompt_mask = left_pad(unique, pad_id)  # [U, P]
