@@ -25,7 +25,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 from envs.arithmetic import ArithmeticEnv, feedback_for
 from envs.base import Task
 from trainer.config import ContextConfig
-from trainer.context import Attempt, render_teacher_texts
+from trainer.context import Attempt, encode_prompt, render_teacher_texts
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def make_example(
     context = (
         task.prompt if rng.random() < plain_fraction else hinted_context(task, rng, ContextConfig())
     )
-    ctx_ids = [tokenizer.bos_token_id] + tokenizer(context, add_special_tokens=False)["input_ids"]
+    ctx_ids = encode_prompt(tokenizer, context)
     answer_ids = tokenizer(task.reference, add_special_tokens=False)["input_ids"] + [
         tokenizer.eos_token_id
     ]
@@ -127,10 +127,7 @@ def plain_accuracy(model: LlamaForCausalLM, tokenizer, tasks: list[Task]) -> flo
     from trainer.config import SamplingConfig
     from trainer.sampler import TransformersSampler
 
-    prompts = [
-        [tokenizer.bos_token_id] + tokenizer(t.prompt, add_special_tokens=False)["input_ids"]
-        for t in tasks
-    ]
+    prompts = [encode_prompt(tokenizer, t.prompt) for t in tasks]
     out = TransformersSampler(model, tokenizer).sample(
         prompts, 1, SamplingConfig(max_new_tokens=6), greedy=True
     )
