@@ -28,6 +28,28 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(8000, ge=1, le=65535, description="port the API listens on")
+    embedded_worker: bool | None = Field(
+        None,
+        description="train inside the API process; default: yes without Redis, no with it",
+    )
+    device: str | None = Field(None, description="torch device for sampling and training")
+    bus_prefix: str = Field("opsd", description="key prefix of everything on the bus")
+    checkpoint_keep: int = Field(
+        2, ge=1, description="latest per-step checkpoints kept besides the evaluated ones"
+    )
+    claim_idle_s: float = Field(
+        60.0, gt=0, description="a batch pending this long is taken from a silent worker"
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period")
+    poll_s: float = Field(0.2, gt=0, description="how often loops look for new work")
+
+    @property
+    def trains_in_process(self) -> bool:
+        return self.redis_url is None if self.embedded_worker is None else self.embedded_worker
+
+    def run_dir(self, run_id: int) -> Path:
+        """Checkpoints and plots of one run."""
+        return self.data_dir / "runs" / str(run_id)
 
     @model_validator(mode="after")
     def default_database(self) -> Settings:

@@ -9,6 +9,7 @@ from service.storage.db import make_engine, make_sessionmaker
 from service.storage.models import RunStatus
 from service.storage.repository import (
     AlreadyExists,
+    Conflict,
     InvalidCursor,
     NotFound,
     Repository,
@@ -17,6 +18,7 @@ from service.storage.repository import (
 
 __all__ = [
     "AlreadyExists",
+    "Conflict",
     "InvalidCursor",
     "NotFound",
     "Repository",

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -168,6 +169,47 @@ class TokenScores(Base):
         BigId, ForeignKey("trajectories.id", ondelete="CASCADE"), primary_key=True
     )
     log_ratios: Mapped[list[float | None]] = mapped_column(JSONType)
+    tokens: Mapped[list[str] | None] = mapped_column(JSONType)  # the response tokens, decoded
+
+
+class PendingBatch(Base):
+    """A published batch, kept until trained: Redis is not the record (DESIGN.md "Storage").
+
+    The orchestrator writes it before publishing on the bus; the worker reads the
+    rollouts from here when it records the step and sets `trained` in the same
+    transaction. Untrained rows are what gets re-published when Redis loses a stream.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step"),
+        UniqueConstraint("run_id", "batch_id"),
+        Index(None, "run_id", "trained"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[str] = mapped_column(String(128))
+    policy_version: Mapped[int] = mapped_column(Integer)  # the policy that sampled it
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # service.bus.codec.encode_batch
+    rollouts: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSONType)  # rollout metrics of the step
+    trained: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Evaluation(Base):
+    """Held-out accuracy of the policy after `step` optimiser steps (0 = the base model)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Checkpoint(Base):

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.storage.models import (
     Checkpoint,
     Environment,
+    Evaluation,
     Event,
+    PendingBatch,
     Run,
     RunStatus,
     Step,
@@ -45,6 +47,10 @@ class AlreadyExists(StorageError):
 
 class InvalidCursor(StorageError, ValueError):
     pass
+
+
+class Conflict(StorageError):
+    """The request does not fit the current state (stopping a finished run, say)."""
 
 
 def encode_cursor(last_id: int) -> str:
@@ -148,6 +154,34 @@ class Repository:
             query = query.where(Run.status == status)
         return self._page(query, Run.id, limit, cursor, newest_first=True)
 
+    def runs_with_status(self, *statuses: RunStatus) -> list[Run]:
+        """Every run in one of `statuses`, oldest first."""
+        with self.sessions() as s:
+            query = select(Run).where(Run.status.in_(statuses)).order_by(Run.id)
+            return list(s.scalars(query))
+
+    def transition(
+        self,
+        run_id: int,
+        allowed: Sequence[RunStatus],
+        status: RunStatus,
+        error: str | None = None,
+    ) -> Run:
+        """Move a run to `status` if it is in one of `allowed` now; else raise Conflict."""
+        with self.sessions.begin() as s:
+            run = s.get(Run, run_id, with_for_update=True)
+            if run is None:
+                raise NotFound(f"run {run_id} not found")
+            if run.status not in allowed:
+                names = ", ".join(a.value for a in allowed)
+                raise Conflict(
+                    f"run {run_id} is {run.status.value}; only a run that is {names} "
+                    f"can become {status.value}"
+                )
+            run.status = status
+            run.error = error
+        return run
+
     def set_status(self, run_id: int, status: RunStatus, error: str | None = None) -> Run:
         """Move a run to `status`; `error` is kept for failed runs (and cleared otherwise)."""
         with self.sessions.begin() as s:
@@ -169,19 +203,21 @@ class Repository:
         policy_version: int,
         trajectories: Sequence[dict[str, Any]],
         log_ratios: Sequence[Sequence[float]] = (),
+        tokens: Sequence[Sequence[str]] = (),
     ) -> bool:
         """Write a step, its trajectories and token scores in one transaction.
 
         Each trajectory dict holds the `Rollout` fields plus `group_index` and
-        `sample_index` (optionally `policy_version`, `metrics`). `log_ratios` is empty
-        or one list per trajectory, in the same order. Returns False, writing nothing,
-        when this run already recorded `batch_id` (a redelivered batch). Also advances
-        the run's `steps_done` and `policy_version`. NaN/inf floats are stored as null.
+        `sample_index` (optionally `policy_version`, `metrics`). `log_ratios` (and
+        `tokens`, the decoded response tokens) are empty or one list per trajectory, in
+        the same order. Returns False, writing nothing, when this run already recorded
+        `batch_id` (a redelivered batch). Also advances the run's `steps_done` and
+        `policy_version`, and marks the pending batch `batch_id` (if any) trained.
+        NaN/inf floats are stored as null.
         """
-        if log_ratios and len(log_ratios) != len(trajectories):
-            raise ValueError(
-                f"{len(log_ratios)} log-ratio rows for {len(trajectories)} trajectories"
-            )
+        for name, rows in (("log-ratio", log_ratios), ("token", tokens)):
+            if rows and len(rows) != len(trajectories):
+                raise ValueError(f"{len(rows)} {name} rows for {len(trajectories)} trajectories")
         try:
             with self.sessions.begin() as s:
                 if self._has_batch(s, run_id, batch_id):
@@ -207,10 +243,22 @@ class Repository:
                 s.add_all(rows)
                 s.flush()  # assigns trajectory ids
                 if log_ratios:
+                    texts = tokens or [None] * len(rows)
                     s.add_all(
-                        TokenScores(trajectory_id=row.id, log_ratios=finite_or_none(list(ratios)))
-                        for row, ratios in zip(rows, log_ratios, strict=True)
+                        TokenScores(
+                            trajectory_id=row.id,
+                            log_ratios=finite_or_none(list(ratios)),
+                            tokens=list(text) if text is not None else None,
+                        )
+                        for row, ratios, text in zip(rows, log_ratios, texts, strict=True)
                     )
+                pending = s.scalar(
+                    select(PendingBatch).where(
+                        PendingBatch.run_id == run_id, PendingBatch.batch_id == batch_id
+                    )
+                )
+                if pending is not None:
+                    pending.trained = True
                 run.steps_done += 1
                 run.policy_version = max(run.policy_version, policy_version)
         except IntegrityError:
@@ -248,12 +296,89 @@ class Repository:
 
     def get_trajectory(self, trajectory_id: int) -> tuple[Trajectory, list[float | None] | None]:
         """The trajectory and its per-token log-ratios (None when none were recorded)."""
+        trajectory, scores = self.get_trajectory_scores(trajectory_id)
+        return trajectory, scores.log_ratios if scores is not None else None
+
+    def get_trajectory_scores(self, trajectory_id: int) -> tuple[Trajectory, TokenScores | None]:
+        """The trajectory and its token scores row (log-ratios and tokens), if recorded."""
         with self.sessions() as s:
             trajectory = s.get(Trajectory, trajectory_id)
             if trajectory is None:
                 raise NotFound(f"trajectory {trajectory_id} not found")
-            scores = s.get(TokenScores, trajectory_id)
-        return trajectory, scores.log_ratios if scores is not None else None
+            return trajectory, s.get(TokenScores, trajectory_id)
+
+    # pending batches (what the bus carries, kept until trained)
+
+    def add_batch(
+        self,
+        run_id: int,
+        step: int,
+        batch_id: str,
+        policy_version: int,
+        payload: bytes,
+        rollouts: Sequence[dict[str, Any]],
+        stats: dict[str, Any],
+    ) -> PendingBatch:
+        """Keep a batch before it is published; AlreadyExists if the step has one."""
+        row = PendingBatch(
+            run_id=run_id,
+            step=step,
+            batch_id=batch_id,
+            policy_version=policy_version,
+            payload=payload,
+            rollouts=finite_or_none(list(rollouts)),
+            stats=finite_or_none(stats),
+            trained=False,
+        )
+        try:
+            with self.sessions.begin() as s:
+                s.add(row)
+        except IntegrityError as error:
+            raise AlreadyExists(f"run {run_id} already has a batch for step {step}") from error
+        return row
+
+    def get_batch(self, run_id: int, batch_id: str) -> PendingBatch:
+        query = select(PendingBatch).where(
+            PendingBatch.run_id == run_id, PendingBatch.batch_id == batch_id
+        )
+        with self.sessions() as s:
+            row = s.scalar(query)
+        if row is None:
+            raise NotFound(f"run {run_id} has no batch {batch_id!r}")
+        return row
+
+    def untrained_batches(self, run_id: int) -> list[PendingBatch]:
+        """Published batches not trained yet, in step order (what a lost stream held)."""
+        query = select(PendingBatch).where(
+            PendingBatch.run_id == run_id, PendingBatch.trained.is_(False)
+        )
+        with self.sessions() as s:
+            return list(s.scalars(query.order_by(PendingBatch.step)))
+
+    def last_batch_step(self, run_id: int) -> int:
+        """The highest step with a published batch (0 if none)."""
+        query = select(func.max(PendingBatch.step)).where(PendingBatch.run_id == run_id)
+        with self.sessions() as s:
+            return s.scalar(query) or 0
+
+    # evaluations
+
+    def add_evaluation(self, run_id: int, step: int, accuracy: float) -> bool:
+        """Record held-out accuracy after `step` steps; False if that step has one."""
+        try:
+            with self.sessions.begin() as s:
+                s.add(Evaluation(run_id=run_id, step=step, accuracy=accuracy))
+        except IntegrityError:
+            return False
+        return True
+
+    def evaluations(self, run_id: int) -> list[tuple[int, float]]:
+        """`[(step, accuracy), ...]` in step order."""
+        query = select(Evaluation.step, Evaluation.accuracy).where(Evaluation.run_id == run_id)
+        with self.sessions() as s:
+            return [
+                (step, accuracy) for step, accuracy in s.execute(query.order_by(Evaluation.step))
+            ]
 
     def list_steps(self, run_id: int) -> list[Step]:
         with self.sessions() as s:
@@ -266,6 +391,8 @@ class Repository:
             for name, value in row.metrics.items():
                 if value is not None:
                     series.setdefault(name, []).append((row.step, value))
+        if evaluations := self.evaluations(run_id):
+            series["eval_accuracy"] = evaluations
         return series
 
     def steps_done(self, run_id: int) -> int:

@@ -17,6 +17,8 @@ TABLES = {
     "token_scores",
     "checkpoints",
     "events",
+    "batches",
+    "evaluations",
 }
 
 
