@@ -1,24 +1,248 @@
 """The orchestrator (DESIGN.md "The walk of one step", steps 1-6 and 8).
 
-Work in progress: the public surface below is what the app factory uses.
+One task per active run samples the next step's groups with its copy of the policy,
+has the environment score them, builds the teacher contexts (trainer.rollout.collect),
+keeps the batch and its rollouts in the record, then publishes it on the run's stream.
+It never samples with a policy more than `max_off_policy_steps` versions behind the
+trainer: before sampling step s it waits until s - 1 - max_off_policy_steps steps are
+trained, then loads the newest checkpoint. It evaluates the policy at every milestone
+(step 0, every `eval.every`, the last) from that milestone's checkpoint, and marks
+the run completed once every step is trained and evaluated.
+
+Runs are picked up from the record (`queued` and `running`), so a restarted API process
+carries on where the previous one stopped: the next step is the one after the last
+published batch, and batches a lost stream held are published again from the record.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+import time
+from contextlib import suppress
+from dataclasses import asdict
+
 from service.bus import Bus
+from service.bus.codec import encode_batch
+from service.runtime import TRAINERS, batch_id_for, emit, republish_untrained
 from service.settings import Settings
-from service.storage import Repository
+from service.storage import Repository, RunStatus
+from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_weights
+from trainer.config import RunConfig
+from trainer.loop import Session
+from trainer.worker import is_milestone
+
+log = logging.getLogger(__name__)
+
+LOST_STREAM_CHECK_S = 1.0
 
 
 class Orchestrator:
     def __init__(self, repo: Repository, bus: Bus, settings: Settings) -> None:
         self.repo, self.bus, self.settings = repo, bus, settings
+        self.drivers: dict[int, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Begin driving queued and running runs (background task)."""
+        self._task = asyncio.create_task(self._supervise(), name="orchestrator")
 
     def wake(self) -> None:
         """Look for new work now (a run was created, stopped, resumed or cancelled)."""
+        self._wake.set()
 
     async def aclose(self) -> None:
-        """Stop driving runs; runs stay `running` in the record and resume on next start."""
+        """Stop driving runs; they stay `running` in the record and resume on the next start."""
+        tasks = [t for t in (self._task, *self.drivers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+        self.drivers.clear()
+
+    async def _supervise(self) -> None:
+        while True:
+            runs = await asyncio.to_thread(
+                self.repo.runs_with_status, RunStatus.queued, RunStatus.running
+            )
+            for run in runs:
+                if run.id not in self.drivers:
+                    task = asyncio.create_task(self._drive(run.id), name=f"run {run.id}")
+                    self.drivers[run.id] = task
+                    task.add_done_callback(lambda _t, r=run.id: self.drivers.pop(r, None))
+            self._wake.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=5 * self.settings.poll_s)
+
+    async def _drive(self, run_id: int) -> None:
+        try:
+            await RunDriver(self, run_id).drive()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one run fails, the service goes on
+            log.exception("run %d failed", run_id)
+            message = f"{type(error).__name__}: {error}"
+            await asyncio.to_thread(
+                self.repo.transition,
+                run_id,
+                [RunStatus.queued, RunStatus.running],
+                RunStatus.failed,
+                message,
+            )
+            await emit(self.repo, self.bus, run_id, "failed", {"error": message})
+
+
+class RunDriver:
+    """Drives one run from its current state to completion, a stop or a cancel."""
+
+    def __init__(self, orchestrator: Orchestrator, run_id: int) -> None:
+        self.repo, self.bus = orchestrator.repo, orchestrator.bus
+        self.settings = orchestrator.settings
+        self.run_id, self.key = run_id, str(run_id)
+        self.run_dir = self.settings.run_dir(run_id)
+        self.session: Session | None = None
+        self.version = 0  # the policy version loaded for sampling
+        self.began = time.monotonic()
+
+    async def drive(self) -> None:
+        run = await asyncio.to_thread(self.repo.get_run, self.run_id)
+        cfg = RunConfig.model_validate(run.config)
+        if run.status == RunStatus.queued:
+            await asyncio.to_thread(
+                self.repo.transition, self.run_id, [RunStatus.queued], RunStatus.running
+            )
+            await emit(self.repo, self.bus, self.run_id, "started", {"steps": cfg.steps})
+        self.session = await asyncio.to_thread(Session.open, cfg, self.settings.device, train=False)
+        try:
+            await self._loop(cfg)
+        finally:
+            await asyncio.to_thread(self.session.close)
+
+    async def _loop(self, cfg: RunConfig) -> None:
+        train_tasks = list(self.session.env.dataset("train"))
+        next_step = await asyncio.to_thread(self.repo.last_batch_step, self.run_id) + 1
+        if await self.bus.ensure_group(self.key, TRAINERS) and next_step > 1:
+            await republish_untrained(self.repo, self.bus, self.run_id)
+        last_check = time.monotonic()
+        while True:
+            run = await asyncio.to_thread(self.repo.get_run, self.run_id)
+            if run.status != RunStatus.running:
+                await self._left(run.status)
+                return
+            await self._evaluate_milestones(cfg, run.steps_done)
+            if run.steps_done >= cfg.steps:
+                await self._complete(cfg)
+                return
+            behind = next_step - 1 - run.steps_done
+            if next_step > cfg.steps or behind > cfg.max_off_policy_steps:
+                if time.monotonic() - last_check > LOST_STREAM_CHECK_S:
+                    last_check = time.monotonic()
+                    if await self.bus.ensure_group(self.key, TRAINERS):
+                        await republish_untrained(self.repo, self.bus, self.run_id)
+                await asyncio.sleep(self.settings.poll_s / 4)
+                continue
+            await self._catch_up()
+            rng = random.Random(f"{cfg.seed}:{next_step}")
+            await self._publish(cfg, next_step, rng.sample(train_tasks, cfg.prompts_per_step))
+            next_step += 1
+
+    async def _catch_up(self) -> None:
+        """Load the newest trained weights, if newer than the ones we sample with."""
+        path = latest_checkpoint(self.run_dir)
+        if path is None or (step := int(path.name.split("-")[1])) <= self.version:
+            return
+        await self._load(path, step)
+
+    async def _load(self, path, step: int) -> None:
+        for attempt in range(3):  # the worker may prune a checkpoint while we read it
+            try:
+                await asyncio.to_thread(load_weights, self.session.policy, path)
+                self.version = step
+                return
+            except (FileNotFoundError, OSError):
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05)
+                path = latest_checkpoint(self.run_dir) or path
+
+    async def _publish(self, cfg: RunConfig, step: int, tasks) -> None:
+        began = time.monotonic()
+        batch, rollouts = await asyncio.to_thread(
+            self.session.rollout, tasks, policy_version=self.version
+        )
+        batch.id = batch_id_for(self.run_id, step)
+        group = cfg.samples_per_prompt
+        rows = [
+            {**asdict(r), "group_index": i // group, "sample_index": i % group}
+            for i, r in enumerate(rollouts)
+        ]
+        stats = {
+            "reward_mean": sum(r.reward for r in rollouts) / len(rollouts),
+            "ok_fraction": sum(r.verdict == "ok" for r in rollouts) / len(rollouts),
+            "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples)
+            / len(batch.samples),
+            "samples_seen": step * cfg.prompts_per_step * group,
+            "policy_lag": step - 1 - self.version,
+            "sample_seconds": time.monotonic() - began,
+        }
+        payload = encode_batch(batch)
+        await asyncio.to_thread(
+            self.repo.add_batch,
+            self.run_id,
+            step,
+            batch.id,
+            self.version,
+            payload,
+            rows,
+            stats,
+        )
+        await self.bus.publish_batch(self.key, batch.id, payload)
+        for r in rollouts:
+            if r.feedback:
+                item = {"step": step, "task_id": r.task_id, "reward": r.reward}
+                item |= {"verdict": r.verdict, "feedback": r.feedback}
+                await self.bus.publish_feedback(self.key, item)
+        await emit(self.repo, self.bus, self.run_id, "batch", {"step": step, **stats})
+
+    async def _evaluate_milestones(self, cfg: RunConfig, steps_done: int) -> None:
+        done = {step for step, _ in await asyncio.to_thread(self.repo.evaluations, self.run_id)}
+        milestones = [0, *range(cfg.eval.every, steps_done + 1, cfg.eval.every)]
+        if cfg.steps <= steps_done:
+            milestones.append(cfg.steps)
+        for step in sorted(set(milestones) - done):
+            if step == 0 and self.version != 0:
+                log.warning("run %d: base weights gone; step 0 not evaluated", self.run_id)
+                continue
+            if step != self.version:
+                assert is_milestone(step, cfg)
+                await self._load(checkpoint_path(self.run_dir, step), step)
+            accuracy = await asyncio.to_thread(self.session.evaluate)
+            await asyncio.to_thread(self.repo.add_evaluation, self.run_id, step, accuracy)
+            await emit(
+                self.repo, self.bus, self.run_id, "eval", {"step": step, "accuracy": accuracy}
+            )
+
+    async def _complete(self, cfg: RunConfig) -> None:
+        evaluations = await asyncio.to_thread(self.repo.evaluations, self.run_id)
+        await asyncio.to_thread(
+            self.repo.transition, self.run_id, [RunStatus.running], RunStatus.completed
+        )
+        summary = {
+            "base_eval_accuracy": evaluations[0][1] if evaluations else None,
+            "final_eval_accuracy": evaluations[-1][1] if evaluations else None,
+            "steps": cfg.steps,
+            "samples_seen": cfg.steps * cfg.prompts_per_step * cfg.samples_per_prompt,
+            "checkpoint": str(checkpoint_path(self.run_dir, cfg.steps)) if cfg.steps else None,
+        }
+        await emit(self.repo, self.bus, self.run_id, "completed", summary)
+        await self.bus.delete_run(self.key)
+
+    async def _left(self, status: RunStatus) -> None:
+        """The run was stopped or cancelled through the API (which records that event)."""
+        if status == RunStatus.cancelled:
+            await self.bus.delete_run(self.key)
+        log.info("run %d: no longer driven (%s)", self.run_id, status.value)

@@ -118,7 +118,7 @@ def load_checkpoint(
     weights) first; this loads the trained weights into them.
     """
     path = Path(path)
-    _load_policy(policy, path)
+    load_weights(policy, path)
     trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer_state["optimizer"])
     if scheduler is not None:
@@ -165,7 +165,9 @@ def _merged_state_dict(base: nn.Module, adapter: str) -> dict[str, torch.Tensor]
     return {**state, **merged}
 
 
-def _load_policy(policy: nn.Module, path: Path) -> None:
+def load_weights(policy: nn.Module, path: str | Path) -> None:
+    """Load only the policy weights of a checkpoint (what a sampler needs to catch up)."""
+    path = Path(path)
     if isinstance(policy, PeftModel):
         adapter = policy.active_adapter
         adapter_dir = path / ADAPTER_DIR if adapter == "default" else path / ADAPTER_DIR / adapter

@@ -41,10 +41,11 @@ class Session:
     env: object
     builder: TeacherContextBuilder
     sampler: TransformersSampler
-    learner: Learner
+    learner: Learner | None
 
     @classmethod
-    def open(cls, cfg: RunConfig, device: str | None = None) -> Session:
+    def open(cls, cfg: RunConfig, device: str | None = None, *, train: bool = True) -> Session:
+        """Load the environment and the policy; `train=False` for a sampling-only copy."""
         env = make_env(cfg.env, cfg.env_config)  # fails fast, before the model loads
         torch.manual_seed(cfg.seed)
         policy, tokenizer = load_policy(cfg.model, lora=cfg.lora, device=pick_device(device))
@@ -55,7 +56,7 @@ class Session:
             env=env,
             builder=TeacherContextBuilder(tokenizer, cfg.context),
             sampler=TransformersSampler(policy, tokenizer),
-            learner=Learner(policy, tokenizer.pad_token_id, cfg),
+            learner=Learner(policy, tokenizer.pad_token_id, cfg) if train else None,
         )
 
     def evaluate(self) -> float:

@@ -1,0 +1,224 @@
+"""The orchestrator and the trainer worker on the real tiny model, both deployments.
+
+Embedded: a SQLite file and the in-process bus. Distributed: a fresh Postgres
+database and real Redis streams. Every count is checked in the record.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from service.bus import Bus, make_bus
+from service.bus.codec import encode_batch
+from service.orchestrator import Orchestrator
+from service.runtime import TRAINERS, batch_id_for
+from service.settings import Settings
+from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
+from service.storage.migrate import upgrade
+from service.worker import Worker
+from trainer.config import RunConfig
+from trainer.loop import Session
+from trainer.presets import preset
+from trainer.worker import RunTrainer
+
+from .conftest import REDIS_URL, delete_prefix
+
+pytestmark = pytest.mark.anyio
+
+STEPS, PROMPTS, SAMPLES = 4, 2, 2
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    repo: Repository
+    bus: Bus
+    prefix: str | None
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+async def stack(request, tmp_path, postgres, redis_prefix):
+    if request.param == "embedded":
+        url, redis_url, prefix = f"sqlite:///{tmp_path / 'opsd.db'}", None, None
+    else:
+        url, redis_url, prefix = postgres.create(), REDIS_URL, redis_prefix
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=url,
+        redis_url=redis_url,
+        bus_prefix=prefix or "opsd",
+        poll_s=0.05,
+        claim_idle_s=1.0,
+        heartbeat_s=0.5,
+    )
+    upgrade(url)
+    engine = make_engine(url)
+    bus = make_bus(redis_url, settings.bus_prefix)
+    yield Stack(settings, Repository(make_sessionmaker(engine)), bus, prefix)
+    await bus.aclose()
+    engine.dispose()
+
+
+def config(steps: int = STEPS) -> RunConfig:
+    return preset(
+        "sdpo",
+        {
+            "steps": steps,
+            "prompts_per_step": PROMPTS,
+            "samples_per_prompt": SAMPLES,
+            "eval": {"every": 2, "size": 16},
+        },
+    )
+
+
+async def until(predicate, timeout: float = 120.0) -> None:
+    """Wait for `predicate()` (sync, run in a thread, or async) to be true."""
+    deadline = time.monotonic() + timeout
+    while not (
+        await predicate()
+        if asyncio.iscoroutinefunction(predicate)
+        else await asyncio.to_thread(predicate)
+    ):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def finished(repo: Repository, run_id: int):
+    def check() -> bool:
+        run = repo.get_run(run_id)
+        assert run.status != RunStatus.failed, run.error
+        return run.status == RunStatus.completed
+
+    return check
+
+
+async def run_to_completion(stack: Stack, cfg: RunConfig, during=None) -> int:
+    repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    run = repo.create_run(env.id, cfg)
+    orchestrator = Orchestrator(repo, stack.bus, stack.settings)
+    worker = Worker(repo, stack.bus, stack.settings)
+    await orchestrator.start()
+    await worker.start()
+    try:
+        if during is not None:
+            await during(run.id)
+        await until(finished(repo, run.id))
+    finally:
+        await worker.aclose()
+        await orchestrator.aclose()
+    return run.id
+
+
+def assert_trained_exactly_once(repo: Repository, run_id: int, steps: int) -> None:
+    assert [s.step for s in repo.list_steps(run_id)] == list(range(1, steps + 1))
+    assert repo.trajectory_count(run_id) == steps * PROMPTS * SAMPLES
+    assert repo.untrained_batches(run_id) == []
+    assert repo.get_run(run_id).steps_done == steps
+
+
+async def test_a_run_completes_with_every_step_trained_once_and_recorded(stack):
+    run_id = await run_to_completion(stack, config())
+    repo = stack.repo
+    assert_trained_exactly_once(repo, run_id, STEPS)
+    assert [step for step, _ in repo.evaluations(run_id)] == [0, 2, 4]
+    assert [c.step for c in repo.list_checkpoints(run_id)] == [2, 4]
+    assert all((stack.settings.run_dir(run_id) / f"step-00000{s}").is_dir() for s in (2, 4))
+
+    trajectories, _ = repo.list_trajectories(run_id, limit=100)
+    assert {(t.step, t.group_index, t.sample_index) for t in trajectories} == {
+        (step, g, s) for step in range(1, STEPS + 1) for g in range(PROMPTS) for s in range(SAMPLES)
+    }
+    wrong = [t for t in trajectories if t.verdict != "ok"]
+    assert wrong and all(t.feedback and t.teacher_context for t in wrong)
+    trajectory, scores = repo.get_trajectory_scores(trajectories[0].id)
+    assert scores is not None and len(scores.log_ratios) == len(scores.tokens) > 0
+    assert "".join(scores.tokens).startswith(trajectory.response.strip()[:1])
+
+    series = repo.metrics_series(run_id)
+    assert [step for step, _ in series["loss"]] == [1, 2, 3, 4]
+    assert {"reward_mean", "samples_seen", "grad_norm", "eval_accuracy"} <= series.keys()
+    kinds = [e.kind for e in repo.events_after(run_id)]
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert kinds.count("batch") == kinds.count("step") == STEPS and kinds.count("eval") == 3
+
+
+async def test_a_redelivered_batch_is_skipped_not_trained_again(stack):
+    repo = stack.repo
+    run_id = await run_to_completion(stack, config(steps=2))
+    latest = stack.settings.run_dir(run_id) / "step-000002" / "model.safetensors"
+    written = latest.stat().st_mtime_ns
+    repo.set_status(run_id, RunStatus.running)  # let a worker serve the run again
+    row = repo.get_batch(run_id, batch_id_for(run_id, 2))
+    await stack.bus.ensure_group(str(run_id), TRAINERS)
+    await stack.bus.publish_batch(str(run_id), row.batch_id, row.payload)
+    worker = Worker(repo, stack.bus, stack.settings)
+    await worker.start()
+    try:
+
+        async def drained() -> bool:
+            return await stack.bus.stream_length(str(run_id)) == 0
+
+        await until(drained, 30)
+    finally:
+        await worker.aclose()
+    assert_trained_exactly_once(repo, run_id, 2)
+    assert latest.stat().st_mtime_ns == written
+
+
+async def test_a_step_checkpointed_but_not_recorded_is_recorded_from_the_checkpoint(stack):
+    """A worker that died between its checkpoint and the record: the next one must not
+    train the batch again, and must record what the first one computed."""
+    repo, settings = stack.repo, stack.settings
+    cfg = config(steps=1)
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    run = repo.create_run(env.id, cfg)
+    repo.set_status(run.id, RunStatus.running)
+    def sample():
+        with Session.open(cfg, train=False) as session:
+            tasks = list(session.env.dataset("train"))[:PROMPTS]
+            return session.rollout(tasks, policy_version=0)
+
+    batch, rollouts = await asyncio.to_thread(sample)
+    batch.id = batch_id_for(run.id, 1)
+    rows = [
+        {**r.__dict__, "group_index": i // SAMPLES, "sample_index": i % SAMPLES}
+        for i, r in enumerate(rollouts)
+    ]
+    repo.add_batch(run.id, 1, batch.id, 0, encode_batch(batch), rows, {"reward_mean": 0.0})
+    dead = RunTrainer(cfg, settings.run_dir(run.id))
+    outcome = dead.train(batch, 1)  # ... and the worker dies here
+    state = settings.run_dir(run.id) / "step-000001" / "state.json"
+    written = state.stat().st_mtime_ns
+
+    await stack.bus.ensure_group(str(run.id), TRAINERS)
+    await stack.bus.publish_batch(str(run.id), batch.id, encode_batch(batch))
+    worker = Worker(repo, stack.bus, settings)
+    await worker.start()
+    try:
+        await until(lambda: repo.steps_done(run.id) == 1, 30)
+    finally:
+        await worker.aclose()
+    assert state.stat().st_mtime_ns == written
+    (step,) = repo.list_steps(run.id)
+    assert step.metrics["loss"] == pytest.approx(outcome.metrics["loss"])
+
+
+async def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record(stack):
+    if stack.prefix is None:
+        pytest.skip("the in-process bus cannot lose its streams")
+    repo, steps = stack.repo, 6
+
+    async def flush_after_two_steps(run_id: int) -> None:
+        await until(lambda: repo.steps_done(run_id) >= 2)
+        delete_prefix(REDIS_URL, stack.prefix)  # Redis restarted without persistence
+
+    run_id = await run_to_completion(stack, config(steps), during=flush_after_two_steps)
+    assert_trained_exactly_once(repo, run_id, steps)
