@@ -1,16 +1,19 @@
-"""The `opsd` command line: offline training and the tiny model (more commands join later)."""
+"""The `opsd` command line: offline training, the tiny model, the sandbox and environments.
+
+The service's processes (`serve`, `worker`, `db`) live in service/cli_server.py and the
+commands that talk to a server (`envs list|register`, `runs ...`) in service/cli_client.py;
+all are registered here.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,6 +23,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from service import cli_client, cli_server
+from service.cli_common import console, fail, load_config_file, quiet_libraries
+
 app = typer.Typer(
     help="opsd: on-policy self-distillation from environment feedback.", no_args_is_help=True
 )
@@ -27,30 +33,6 @@ tiny_app = typer.Typer(
     help="The tiny character-level model shipped with opsd.", no_args_is_help=True
 )
 app.add_typer(tiny_app, name="tiny-model")
-console = Console()
-
-
-def quiet_libraries() -> None:
-    """Our own progress bars replace the libraries' per-file ones."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-def fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=2)
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise fail(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise fail(f"cannot parse {path}: {exc}") from exc
 
 
 def progress_bar() -> Progress:
@@ -169,8 +151,16 @@ def tiny_build(
 
 sandbox_app = typer.Typer(help="Run programs in the sandbox.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-envs_app = typer.Typer(help="Look at environments.", no_args_is_help=True)
+envs_app = typer.Typer(
+    help="Environments: try one here; list and register them on a server.", no_args_is_help=True
+)
 app.add_typer(envs_app, name="envs")
+envs_app.command("list")(cli_client.envs_list)
+envs_app.command("register")(cli_client.envs_register)
+app.add_typer(cli_client.runs_app, name="runs")
+app.command()(cli_server.serve)
+app.command()(cli_server.worker)
+app.add_typer(cli_server.db_app, name="db")
 
 
 @sandbox_app.command("run")

@@ -20,17 +20,22 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
 
 from service.bus import Bus
 from service.bus.codec import encode_batch
 from service.runtime import TRAINERS, batch_id_for, emit, republish_untrained
 from service.settings import Settings
 from service.storage import Repository, RunStatus
-from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_weights
+from trainer.batch import Batch
+from trainer.checkpoint import checkpoint_path, latest_checkpoint
 from trainer.config import RunConfig
 from trainer.loop import Session
+from trainer.rollout import Rollout
 from trainer.worker import is_milestone
 
 log = logging.getLogger(__name__)
@@ -38,9 +43,31 @@ log = logging.getLogger(__name__)
 LOST_STREAM_CHECK_S = 1.0
 
 
+class PolicyCopy(Protocol):
+    """The sampling side of a run: trainer.loop.Session, or a scripted stand-in."""
+
+    env: Any
+
+    def rollout(self, tasks: Sequence, policy_version: int) -> tuple[Batch, list[Rollout]]: ...
+    def evaluate(self) -> float: ...
+    def load_weights(self, path: Path) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_session(cfg: RunConfig, device: str | None) -> PolicyCopy:
+    return Session.open(cfg, device, train=False)
+
+
 class Orchestrator:
-    def __init__(self, repo: Repository, bus: Bus, settings: Settings) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        bus: Bus,
+        settings: Settings,
+        open_policy: Callable[[RunConfig, str | None], PolicyCopy] = open_session,
+    ) -> None:
         self.repo, self.bus, self.settings = repo, bus, settings
+        self.open_policy = open_policy
         self.drivers: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -101,11 +128,12 @@ class RunDriver:
 
     def __init__(self, orchestrator: Orchestrator, run_id: int) -> None:
         self.repo, self.bus = orchestrator.repo, orchestrator.bus
-        self.settings = orchestrator.settings
+        self.settings, self.open_policy = orchestrator.settings, orchestrator.open_policy
         self.run_id, self.key = run_id, str(run_id)
         self.run_dir = self.settings.run_dir(run_id)
-        self.session: Session | None = None
+        self.session: PolicyCopy | None = None
         self.version = 0  # the policy version loaded for sampling
+        self.evaluated: set[int] | None = None  # steps with an evaluation in the record
         self.began = time.monotonic()
 
     async def drive(self) -> None:
@@ -116,7 +144,7 @@ class RunDriver:
                 self.repo.transition, self.run_id, [RunStatus.queued], RunStatus.running
             )
             await emit(self.repo, self.bus, self.run_id, "started", {"steps": cfg.steps})
-        self.session = await asyncio.to_thread(Session.open, cfg, self.settings.device, train=False)
+        self.session = await asyncio.to_thread(self.open_policy, cfg, self.settings.device)
         try:
             await self._loop(cfg)
         finally:
@@ -160,7 +188,7 @@ class RunDriver:
     async def _load(self, path, step: int) -> None:
         for attempt in range(3):  # the worker may prune a checkpoint while we read it
             try:
-                await asyncio.to_thread(load_weights, self.session.policy, path)
+                await asyncio.to_thread(self.session.load_weights, path)
                 self.version = step
                 return
             except (FileNotFoundError, OSError):
@@ -201,15 +229,21 @@ class RunDriver:
             stats,
         )
         await self.bus.publish_batch(self.key, batch.id, payload)
-        for r in rollouts:
-            if r.feedback:
-                item = {"step": step, "task_id": r.task_id, "reward": r.reward}
-                item |= {"verdict": r.verdict, "feedback": r.feedback}
-                await self.bus.publish_feedback(self.key, item)
+        feedback = [
+            {"step": step, "task_id": r.task_id, "reward": r.reward, "verdict": r.verdict}
+            | {"feedback": r.feedback}
+            for r in rollouts
+            if r.feedback
+        ]
+        if feedback:
+            await self.bus.publish_feedback(self.key, feedback)
         await emit(self.repo, self.bus, self.run_id, "batch", {"step": step, **stats})
 
     async def _evaluate_milestones(self, cfg: RunConfig, steps_done: int) -> None:
-        done = {step for step, _ in await asyncio.to_thread(self.repo.evaluations, self.run_id)}
+        if self.evaluated is None:
+            evaluations = await asyncio.to_thread(self.repo.evaluations, self.run_id)
+            self.evaluated = {step for step, _ in evaluations}
+        done = self.evaluated
         milestones = [0, *range(cfg.eval.every, steps_done + 1, cfg.eval.every)]
         if cfg.steps <= steps_done:
             milestones.append(cfg.steps)
@@ -222,6 +256,7 @@ class RunDriver:
                 await self._load(checkpoint_path(self.run_dir, step), step)
             accuracy = await asyncio.to_thread(self.session.evaluate)
             await asyncio.to_thread(self.repo.add_evaluation, self.run_id, step, accuracy)
+            done.add(step)
             await emit(
                 self.repo, self.bus, self.run_id, "eval", {"step": step, "accuracy": accuracy}
             )

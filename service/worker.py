@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 
 from service.bus import Bus, Delivery, LockLost, StreamLost
@@ -31,6 +32,7 @@ from service.bus.codec import decode_batch
 from service.runtime import TRAINERS, emit, republish_untrained
 from service.settings import Settings
 from service.storage import NotFound, Repository, RunStatus
+from service.storage.models import PendingBatch
 from trainer.checkpoint import checkpoint_path
 from trainer.config import RunConfig
 from trainer.worker import RunTrainer, is_milestone
@@ -40,12 +42,19 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(
-        self, repo: Repository, bus: Bus, settings: Settings, worker_id: str | None = None
+        self,
+        repo: Repository,
+        bus: Bus,
+        settings: Settings,
+        worker_id: str | None = None,
+        open_trainer: Callable[..., RunTrainer] = RunTrainer,
     ) -> None:
+        """`open_trainer(cfg, run_dir, keep=, device=)`: RunTrainer, or a scripted stand-in."""
         self.repo, self.bus, self.settings = repo, bus, settings
+        self.open_trainer = open_trainer
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.trainers: dict[int, RunTrainer] = {}
-        self.held: dict[int, dict[int, Delivery]] = {}  # run -> step -> delivery
+        self.held: dict[int, dict[int, tuple[Delivery, PendingBatch]]] = {}  # run -> step ->
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -116,7 +125,7 @@ class Worker:
                 log.warning("run %d: unknown batch %s dropped", run_id, delivery.batch_id)
                 await self.bus.ack(key, TRAINERS, delivery.message_id)
                 continue
-            held[row.step] = delivery
+            held[row.step] = (delivery, row)
         try:
             await self._train_in_order(run_id)
         except Exception as error:  # noqa: BLE001 - the run fails, the worker goes on
@@ -133,17 +142,17 @@ class Worker:
             trainer = await self._trainer(run_id)
             await asyncio.to_thread(trainer.sync)
             step = min(held)
-            if step > trainer.step + 1 and trainer.outcome_of(held[step].batch_id) is None:
+            if step > trainer.step + 1 and trainer.outcome_of(held[step][0].batch_id) is None:
                 return  # an earlier batch is still on its way (or with another worker)
-            delivery = held.pop(step)
-            await self._handle(run_id, trainer, delivery, step)
+            delivery, row = held.pop(step)
+            await self._handle(run_id, trainer, delivery, row)
 
     async def _trainer(self, run_id: int) -> RunTrainer:
         if run_id not in self.trainers:
             run = await asyncio.to_thread(self.repo.get_run, run_id)
             cfg = RunConfig.model_validate(run.config)
             self.trainers[run_id] = await asyncio.to_thread(
-                RunTrainer,
+                self.open_trainer,
                 cfg,
                 self.settings.run_dir(run_id),
                 keep=self.settings.checkpoint_keep,
@@ -163,10 +172,10 @@ class Worker:
         await self.bus.ack(key, TRAINERS, delivery.message_id)
 
     async def _train_and_record(
-        self, run_id: int, trainer: RunTrainer, delivery: Delivery, step: int
+        self, run_id: int, trainer: RunTrainer, delivery: Delivery, row: PendingBatch
     ) -> None:
-        repo = self.repo
-        if await asyncio.to_thread(repo.batch_recorded, run_id, delivery.batch_id):
+        repo, step = self.repo, row.step
+        if row.trained:  # as of its delivery; record_step refuses a later duplicate too
             log.info("run %d: batch %s already trained; skipped", run_id, delivery.batch_id)
             return
         await asyncio.to_thread(trainer.sync)
@@ -175,7 +184,6 @@ class Worker:
         if outcome is None:
             batch = decode_batch(delivery.payload)
             outcome = await asyncio.to_thread(trainer.train, batch, step)
-        row = await asyncio.to_thread(repo.get_batch, run_id, delivery.batch_id)
         metrics = {**row.stats, **outcome.metrics, "train_seconds": time.monotonic() - began}
         recorded = await asyncio.to_thread(
             repo.record_step,

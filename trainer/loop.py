@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 from envs.registry import make_env
-from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
 from trainer.model import load_policy, pick_device
@@ -83,6 +89,10 @@ class Session:
             use_ground_truth=self.cfg.context.use_ground_truth,
             policy_version=policy_version,
         )
+
+    def load_weights(self, path: Path) -> None:
+        """Sample with the policy weights of checkpoint `path` from now on."""
+        load_weights(self.policy, path)
 
     def close(self) -> None:
         """Release what the environment holds (a warm sandbox pool, for example)."""

@@ -23,7 +23,7 @@ that was in fact trained is harmless because of the batch-id skip above.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -129,8 +129,8 @@ class Bus(Protocol):
 
     def subscribe_events(self, run_id: str) -> EventStream: ...
 
-    async def publish_feedback(self, run_id: str, item: dict[str, Any]) -> str:
-        """Append to the run's capped live feedback stream; returns the entry id."""
+    async def publish_feedback(self, run_id: str, items: Sequence[dict[str, Any]]) -> list[str]:
+        """Append to the run's capped live feedback stream (one round trip); returns entry ids."""
         ...
 
     async def recent_feedback(self, run_id: str, count: int) -> list[dict[str, Any]]:

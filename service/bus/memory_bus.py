@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,14 +205,14 @@ class MemoryBus:
     def subscribe_events(self, run_id: str) -> _MemoryEvents:
         return _MemoryEvents(self, run_id)
 
-    async def publish_feedback(self, run_id: str, item: dict[str, Any]) -> str:
-        item = _copy(item)
+    async def publish_feedback(self, run_id: str, items: Sequence[dict[str, Any]]) -> list[str]:
+        copies = [_copy(item) for item in items]
         with self._mutex:
             ids = self._feedback_ids.setdefault(run_id, _Stream())
             entries = self._feedback.setdefault(run_id, deque(maxlen=self._feedback_maxlen))
-            entry_id = _format(ids.next_id())
-            entries.append((entry_id, item))
-        return entry_id
+            entry_ids = [_format(ids.next_id()) for _ in copies]
+            entries.extend(zip(entry_ids, copies, strict=True))
+        return entry_ids
 
     async def recent_feedback(self, run_id: str, count: int) -> list[dict[str, Any]]:
         with self._mutex:

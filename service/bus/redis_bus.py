@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -157,12 +157,14 @@ class RedisBus:
     def subscribe_events(self, run_id: str) -> _RedisEvents:
         return _RedisEvents(self._redis, self._run_key(run_id, "events"))
 
-    async def publish_feedback(self, run_id: str, item: dict[str, Any]) -> str:
+    async def publish_feedback(self, run_id: str, items: Sequence[dict[str, Any]]) -> list[str]:
         key = self._run_key(run_id, "feedback")
-        entry_id = await self._redis.xadd(
-            key, {"data": json.dumps(item)}, maxlen=self._feedback_maxlen, approximate=True
-        )
-        return _str(entry_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.xadd(
+                    key, {"data": json.dumps(item)}, maxlen=self._feedback_maxlen, approximate=True
+                )
+            return [_str(entry_id) for entry_id in await pipe.execute()]
 
     async def recent_feedback(self, run_id: str, count: int) -> list[dict[str, Any]]:
         entries = await self._redis.xrevrange(self._run_key(run_id, "feedback"), count=count)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,8 +70,8 @@ def decode_cursor(cursor: str) -> int:
 
 def finite_or_none(value: Any) -> Any:
     """JSON has no NaN or infinity (Postgres refuses them): store such floats as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -234,31 +234,47 @@ class Repository:
                         policy_version=policy_version,
                     )
                 )
+                # Core bulk inserts (one multi-row statement each), not ORM objects: the
+                # ORM unit of work cost most of a step's recording time.
+                table = Trajectory.__table__
                 rows = [
-                    Trajectory(
-                        **{"policy_version": policy_version, **t, "run_id": run_id, "step": step}
-                    )
+                    {"policy_version": policy_version, "metrics": None}
+                    | finite_or_none(dict(t))
+                    | {"run_id": run_id, "step": step}
                     for t in trajectories
                 ]
-                s.add_all(rows)
-                s.flush()  # assigns trajectory ids
-                if log_ratios:
-                    texts = tokens or [None] * len(rows)
-                    s.add_all(
-                        TokenScores(
-                            trajectory_id=row.id,
-                            log_ratios=finite_or_none(list(ratios)),
-                            tokens=list(text) if text is not None else None,
-                        )
-                        for row, ratios, text in zip(rows, log_ratios, texts, strict=True)
-                    )
-                pending = s.scalar(
-                    select(PendingBatch).where(
-                        PendingBatch.run_id == run_id, PendingBatch.batch_id == batch_id
-                    )
+                returned = s.execute(
+                    insert(table).returning(table.c.id, table.c.group_index, table.c.sample_index),
+                    rows,
                 )
-                if pending is not None:
-                    pending.trained = True
+                # Matched back by place, not by order: asking for ordered RETURNING makes
+                # SQLAlchemy insert row by row.
+                id_of = {(g, i): trajectory_id for trajectory_id, g, i in returned}
+                ids = [id_of[r["group_index"], r["sample_index"]] for r in rows]
+                if log_ratios:
+                    texts = tokens or [None] * len(ids)
+                    # RETURNING makes it one multi-row INSERT (psycopg's executemany
+                    # sends a statement per row).
+                    s.execute(
+                        insert(TokenScores.__table__).returning(
+                            TokenScores.__table__.c.trajectory_id
+                        ),
+                        [
+                            {
+                                "trajectory_id": trajectory_id,
+                                "log_ratios": finite_or_none(list(ratios)),
+                                "tokens": list(text) if text is not None else None,
+                            }
+                            for trajectory_id, ratios, text in zip(
+                                ids, log_ratios, texts, strict=True
+                            )
+                        ],
+                    )
+                s.execute(
+                    update(PendingBatch)
+                    .where(PendingBatch.run_id == run_id, PendingBatch.batch_id == batch_id)
+                    .values(trained=True)
+                )
                 run.steps_done += 1
                 run.policy_version = max(run.policy_version, policy_version)
         except IntegrityError:

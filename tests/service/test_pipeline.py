@@ -181,6 +181,7 @@ async def test_a_step_checkpointed_but_not_recorded_is_recorded_from_the_checkpo
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, cfg)
     repo.set_status(run.id, RunStatus.running)
+
     def sample():
         with Session.open(cfg, train=False) as session:
             tasks = list(session.env.dataset("train"))[:PROMPTS]

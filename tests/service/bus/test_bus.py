@@ -185,8 +185,9 @@ async def test_two_subscribers_each_get_every_event(bus):
 
 async def test_recent_feedback_is_capped_and_returns_the_newest_oldest_first(bus):
     # feedback_maxlen=20 (conftest); Redis trims approximately (MAXLEN ~), whole nodes.
-    for i in range(400):
-        await bus.publish_feedback(RUN, {"i": i})
+    for first in range(0, 400, 8):  # eight per call, in order
+        ids = await bus.publish_feedback(RUN, [{"i": i} for i in range(first, first + 8)])
+        assert len(set(ids)) == 8
 
     assert await bus.recent_feedback(RUN, 3) == [{"i": 397}, {"i": 398}, {"i": 399}]
     kept = await bus.recent_feedback(RUN, 10_000)

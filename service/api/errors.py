@@ -1,0 +1,174 @@
+"""Typed exceptions -> HTTP errors, in one place (DESIGN.md "API conventions", STYLE.md).
+
+Every error response is `{"error": {"code", "message", "details"}}`: 4xx for the
+caller's mistakes (never a 500 for bad input), 500 `internal_error` with a generic
+message for bugs (the exception is logged, not shown). Route modules only raise typed
+exceptions; `install_error_handlers` maps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException
+
+from envs.registry import InvalidEnvConfig, UnknownEnvironment
+from service.storage import AlreadyExists, Conflict, InvalidCursor, NotFound
+
+log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable error code", examples=["not_found"])
+    message: str = Field(description="what went wrong, for people", examples=["run 7 not found"])
+    details: Any = Field(None, description="more about the error (validation errors, ...)")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class InvalidRunConfig(ValueError):
+    """The run configuration does not validate; raised `from` the pydantic ValidationError."""
+
+
+class ModelUnavailable(ValueError):
+    """The requested model cannot be used (no such local directory, not loadable)."""
+
+
+_DESCRIPTIONS = {
+    400: "Bad request: a body that cannot be parsed, or an invalid pagination cursor",
+    401: "Missing or wrong bearer token",
+    404: "No such resource",
+    409: "Conflicts with the current state",
+    422: "The request does not validate",
+    503: "A dependency is unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries declaring the error body for these status codes."""
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON from anything found in an error (exceptions, bytes, NaN become text)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def validation_details(errors: list[Any]) -> list[Any]:
+    """Pydantic error dicts made JSON-safe, without the documentation `url`."""
+    return [
+        json_safe({k: v for k, v in e.items() if k != "url"}) if isinstance(e, dict) else str(e)
+        for e in errors
+    ]
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": json_safe(details)}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def status_code_name(status: int) -> str:
+    """401 -> `unauthorized`, 405 -> `method_not_allowed`: the HTTP phrase in snake case."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+# exception type -> (status, code); the first matching entry wins (subclasses first).
+TYPED_ERRORS: list[tuple[type[Exception], int, str]] = [
+    (NotFound, 404, "not_found"),
+    (AlreadyExists, 409, "already_exists"),
+    (Conflict, 409, "conflict"),
+    (InvalidCursor, 400, "invalid_cursor"),
+    (UnknownEnvironment, 422, "unknown_environment"),
+    (InvalidEnvConfig, 422, "invalid_environment_config"),
+    (InvalidRunConfig, 422, "invalid_run_config"),
+    (ModelUnavailable, 422, "model_not_found"),
+    # Data the database refuses (a value out of range) is the caller's; a database that
+    # cannot be reached is not.
+    (DataError, 422, "invalid_data"),
+    (OperationalError, 503, "unavailable"),
+]
+
+
+def classify(exc: Exception) -> tuple[int, str]:
+    """(status, code) of a typed exception: the first matching TYPED_ERRORS entry."""
+    return next(
+        ((s, c) for cls, s, c in TYPED_ERRORS if isinstance(exc, cls)), (500, "internal_error")
+    )
+
+
+def typed_error(request: Request, exc: Exception) -> JSONResponse:
+    status, code = classify(exc)
+    if status == 500:  # pragma: no cover - only registered types reach here
+        return internal_error(request, exc)
+    if isinstance(exc, DataError | OperationalError):
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        message = "the database refused the request" if status == 422 else "database unavailable"
+        return error_response(status, code, message)
+    cause = exc.__cause__
+    details = validation_details(cause.errors()) if isinstance(cause, ValidationError) else None
+    return error_response(status, code, str(exc), details)
+
+
+def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Routing and auth errors (404, 405 with its `Allow`, 401 with `WWW-Authenticate`)."""
+    message = exc.detail if isinstance(exc.detail, str) else status_code_name(exc.status_code)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette lists only the first matching route's methods
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    code = status_code_name(exc.status_code)
+    return error_response(exc.status_code, code, message, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app's routes accept at this path (RFC 9110 `Allow`)."""
+    methods: set[str] = set()
+    for route in getattr(request.app.state, "api_routes", []):
+        if route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
+def request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(
+        422, "validation_error", "the request does not validate", validation_details(exc.errors())
+    )
+
+
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, request_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    for cls, _, _ in TYPED_ERRORS:
+        app.add_exception_handler(cls, typed_error)
+    app.add_exception_handler(Exception, internal_error)

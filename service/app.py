@@ -1,0 +1,141 @@
+"""The HTTP edge: `create_app` builds the FastAPI app; its lifespan opens and closes everything.
+
+Embedded mode (a SQLite URL): the database is migrated on start. Postgres is migrated
+by `opsd db upgrade`, never by the app; /readyz reports a database behind the code.
+With `background=True` the orchestrator (and, when settings say so, an in-process
+trainer worker) run for the app's lifetime; tests that only exercise HTTP pass
+`background=False` so that nothing trains.
+
+    uvicorn --factory service.app:create_app
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from alembic.script import ScriptDirectory
+from anyio import to_thread
+from fastapi import Depends, FastAPI
+from sqlalchemy.engine import make_url
+
+from service.api.auth import configured_token, document_bearer_auth, require_token
+from service.api.deps import (
+    BusDep,
+    RepoDep,
+    Services,
+    ServicesDep,
+    SettingsDep,
+    get_bus,
+    get_repo,
+    get_services,
+    get_settings,
+)
+from service.api.errors import install_error_handlers
+from service.api.metrics import AppMetrics, MetricsMiddleware
+from service.bus import make_bus
+from service.environments.endpoints import router as environments_router
+from service.health import router as health_router
+from service.runs.endpoints import router as runs_router
+from service.settings import Settings
+from service.storage import Repository, make_engine, make_sessionmaker
+from service.storage.db import normalize_url
+from service.storage.migrate import alembic_config, upgrade
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """On-policy self-distillation of language models from environment feedback.
+
+Register environments, start runs, and follow them: metrics, trajectories with
+per-token teacher-student log-ratios, checkpoints, and live events (SSE).
+Errors are `{"error": {"code", "message", "details"}}`. When the server has an API
+token, mutating calls need `Authorization: Bearer <token>`.
+"""
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(normalize_url(url)).get_backend_name() == "sqlite"
+
+
+def schema_head(url: str) -> str | None:
+    """The Alembic head revision of the migrations shipped with this code."""
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, background: bool) -> AsyncIterator[Services]:
+    """Open the database, the bus and (with `background`) the orchestrator and worker;
+    close them in reverse order on exit, also when opening fails halfway."""
+    url = settings.database_url
+    async with AsyncExitStack() as stack:
+        if is_sqlite(url):
+            await to_thread.run_sync(upgrade, url)
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        bus = make_bus(settings.redis_url, settings.bus_prefix)
+        stack.push_async_callback(bus.aclose)
+        services = Services(
+            settings=settings,
+            engine=engine,
+            repo=Repository(make_sessionmaker(engine)),
+            bus=bus,
+            schema_head=schema_head(url),
+        )
+        if background:
+            from service.orchestrator import Orchestrator
+            from service.worker import Worker
+
+            if settings.trains_in_process:  # the consumer first, so no batch waits for it
+                services.worker = Worker(services.repo, bus, settings)
+                await services.worker.start()
+                stack.push_async_callback(services.worker.aclose)
+            services.orchestrator = Orchestrator(services.repo, bus, settings)
+            await services.orchestrator.start()
+            stack.push_async_callback(services.orchestrator.aclose)
+        log.info("opsd API ready (database %s, background %s)", engine.url.drivername, background)
+        yield services
+
+
+def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
+    """The opsd API. `settings` default to the `OPSD_*` environment variables."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(settings, background=background) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(
+        title="opsd",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(require_token)],
+    )
+    app.state.metrics = AppMetrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
+    routers = [health_router, environments_router, runs_router]
+    for router in routers:
+        app.include_router(router)
+    # The flat route table, for the `Allow` header of a 405 (see service.api.errors).
+    app.state.api_routes = [route for router in routers for route in router.routes]
+    if configured_token(settings) is not None:
+        document_bearer_auth(app)
+    return app
+
+
+__all__ = [
+    "BusDep",
+    "RepoDep",
+    "Services",
+    "ServicesDep",
+    "SettingsDep",
+    "create_app",
+    "get_bus",
+    "get_repo",
+    "get_services",
+    "get_settings",
+]

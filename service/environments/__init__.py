@@ -1,0 +1,1 @@
+"""Environments over HTTP: the available kinds, registered instances, and trying one out."""

@@ -1,0 +1,1 @@
+"""Runs over HTTP: start, watch (metrics, trajectories, events) and control training runs."""

@@ -1,0 +1,187 @@
+"""/v1/runs: start runs, read what they produced, stop/resume/cancel them, follow their events.
+
+Repository calls block (SQLAlchemy sessions), so plain `def` routes run in the
+threadpool; routes that also touch the bus or the orchestrator are `async` and move
+the repository call off the event loop themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Header, Path, Query
+from sse_starlette import EventSourceResponse
+
+from service.api.deps import BusDep, RepoDep, Services, ServicesDep, SettingsDep
+from service.api.errors import error_responses
+from service.runs import service
+from service.runs.events import follow_run
+from service.runs.schemas import (
+    MAX_INT32,
+    MAX_INT64,
+    CheckpointList,
+    EventOut,
+    FeedbackList,
+    MetricsSeries,
+    Run,
+    RunCreate,
+    RunList,
+    Trajectory,
+    TrajectoryList,
+)
+from service.storage import RunStatus
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+RunId = Annotated[int, Path(ge=1, le=MAX_INT32, description="the run's id")]
+Limit = Annotated[int, Query(ge=1, le=500, description="items per page")]
+Cursor = Annotated[
+    str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+]
+READ_ERRORS = error_responses(404, 422)
+# OpenAPI 3.1: the `schema` of an event stream describes one event.
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "the event id (send it back as Last-Event-ID)"},
+        "event": {"type": "string", "description": "the event kind", "examples": ["step"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": EventOut.model_json_schema(),
+        },
+    },
+}
+CONTROL_ERRORS = error_responses(401, 404, 409, 422)
+
+
+@router.post("", status_code=201, response_model=Run, responses=error_responses(400, 401, 422))
+async def create_run(body: RunCreate, services: ServicesDep) -> Run:
+    """Queue a training run on an environment (a kind is registered on first use).
+
+    422 with pydantic's errors in `details` when the configuration does not validate.
+    """
+    run = await to_thread.run_sync(service.create_run, services.repo, body)
+    services.wake_orchestrator()
+    return run
+
+
+@router.get("", response_model=RunList, responses=error_responses(400, 422))
+def list_runs(
+    repo: RepoDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status: Annotated[RunStatus | None, Query(description="only runs in this state")] = None,
+) -> RunList:
+    """Runs, newest first, a page at a time."""
+    return service.list_runs(repo, limit, cursor, status)
+
+
+@router.get("/{run_id}", response_model=Run, responses=READ_ERRORS)
+def get_run(run_id: RunId, repo: RepoDep) -> Run:
+    return service.get_run(repo, run_id)
+
+
+async def control(services: Services, run_id: int, action: str) -> Run:
+    run = await to_thread.run_sync(service.transition, services.repo, run_id, action)
+    services.wake_orchestrator()
+    return run
+
+
+@router.post("/{run_id}/stop", response_model=Run, responses=CONTROL_ERRORS)
+async def stop_run(run_id: RunId, services: ServicesDep) -> Run:
+    """Stop a queued or running run (it can be resumed)."""
+    return await control(services, run_id, "stop")
+
+
+@router.post("/{run_id}/resume", response_model=Run, responses=CONTROL_ERRORS)
+async def resume_run(run_id: RunId, services: ServicesDep) -> Run:
+    """Queue a stopped or failed run again; it continues from its last checkpoint."""
+    return await control(services, run_id, "resume")
+
+
+@router.post("/{run_id}/cancel", response_model=Run, responses=CONTROL_ERRORS)
+async def cancel_run(run_id: RunId, services: ServicesDep) -> Run:
+    """End a run for good (it cannot be resumed)."""
+    return await control(services, run_id, "cancel")
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsSeries, responses=READ_ERRORS)
+def run_metrics(run_id: RunId, repo: RepoDep) -> MetricsSeries:
+    """Per-step training metrics and held-out accuracy (`eval_accuracy`)."""
+    return service.metrics(repo, run_id)
+
+
+@router.get(
+    "/{run_id}/trajectories",
+    response_model=TrajectoryList,
+    responses=error_responses(400, 404, 422),
+)
+def list_trajectories(
+    run_id: RunId,
+    repo: RepoDep,
+    step: Annotated[int | None, Query(ge=0, le=MAX_INT32)] = None,
+    verdict: Annotated[str | None, Query(max_length=32, examples=["wrong_answer"])] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> TrajectoryList:
+    """Scored responses in the order they were written (step, task, sample)."""
+    return service.list_trajectories(repo, run_id, step, verdict, limit, cursor)
+
+
+@router.get(
+    "/{run_id}/trajectories/{trajectory_id}", response_model=Trajectory, responses=READ_ERRORS
+)
+def get_trajectory(
+    run_id: RunId,
+    trajectory_id: Annotated[int, Path(ge=1, le=MAX_INT64)],
+    repo: RepoDep,
+) -> Trajectory:
+    """One trajectory with its per-token teacher-student log-ratios (null until trained)."""
+    return service.get_trajectory(repo, run_id, trajectory_id)
+
+
+@router.get("/{run_id}/checkpoints", response_model=CheckpointList, responses=READ_ERRORS)
+def list_checkpoints(run_id: RunId, repo: RepoDep) -> CheckpointList:
+    return service.checkpoints(repo, run_id)
+
+
+@router.get("/{run_id}/feedback", response_model=FeedbackList, responses=READ_ERRORS)
+async def recent_feedback(
+    run_id: RunId,
+    repo: RepoDep,
+    bus: BusDep,
+    count: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> FeedbackList:
+    """The newest environment feedback of the run, live from the bus (oldest first)."""
+    await to_thread.run_sync(repo.get_run, run_id)
+    return FeedbackList(items=await bus.recent_feedback(str(run_id), count))
+
+
+@router.get(
+    "/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events, one per recorded event of the run",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        },
+        **READ_ERRORS,
+    },
+)
+async def run_events(
+    run_id: RunId,
+    repo: RepoDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, le=MAX_INT64, description="replay events after this id")] = 0,
+    last_event_id: Annotated[
+        int | None,
+        Header(ge=0, le=MAX_INT64, description="set by EventSource on reconnect; wins over after"),
+    ] = None,
+) -> EventSourceResponse:
+    """The run's events: those recorded so far, then new ones until the run ends."""
+    await to_thread.run_sync(repo.get_run, run_id)  # 404 before the stream starts
+    start = last_event_id if last_event_id is not None else after
+    return EventSourceResponse(follow_run(repo, run_id, start, settings.poll_s))

@@ -1,0 +1,192 @@
+"""What /v1/runs does, without HTTP: create runs, read them back, move them between states.
+
+The run's configuration is built exactly as `opsd train` builds it: the algorithm's
+preset with the caller's nested overrides merged on top (trainer.presets), validated
+as one `RunConfig` (STYLE.md: one configuration model, no drifting copy).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from service.api.errors import InvalidRunConfig
+from service.environments.service import all_finite, check_model, register_kind, resolve_for_run
+from service.runs import schemas
+from service.runs.schemas import MAX_INT64
+from service.storage import InvalidCursor, NotFound, Repository, RunStatus
+from service.storage import models as orm
+from service.storage.repository import decode_cursor
+from trainer.config import RunConfig
+from trainer.presets import merge, preset
+
+log = logging.getLogger(__name__)
+
+# action -> (the states it may start from, the state it leads to)
+TRANSITIONS: dict[str, tuple[tuple[RunStatus, ...], RunStatus]] = {
+    "stop": ((RunStatus.queued, RunStatus.running), RunStatus.stopped),
+    "resume": ((RunStatus.stopped, RunStatus.failed), RunStatus.queued),
+    "cancel": (
+        (RunStatus.queued, RunStatus.running, RunStatus.stopped, RunStatus.failed),
+        RunStatus.cancelled,
+    ),
+}
+# Set from the request's own fields, never from `config`.
+RESERVED_CONFIG_KEYS = ("env", "env_config", "model")
+
+
+def build_config(body: schemas.RunCreate, kind: str, env_config: dict[str, Any]) -> RunConfig:
+    """The preset of `body.algorithm`, `body.config` merged on top, then the environment,
+    model and steps of the request. InvalidRunConfig (with pydantic's errors) if invalid."""
+    reserved = [key for key in RESERVED_CONFIG_KEYS if key in body.config]
+    if reserved:
+        raise InvalidRunConfig(
+            f"config may not set {', '.join(reserved)}: use `environment` and `model`"
+        )
+    fixed: dict[str, Any] = {"env": kind, "env_config": env_config, "model": body.model}
+    if body.steps is not None:
+        fixed["steps"] = body.steps
+    try:
+        config = preset(body.algorithm, merge(body.config, fixed))
+    except ValidationError as exc:
+        raise InvalidRunConfig("invalid run configuration") from exc
+    if not all_finite(config.model_dump()):
+        raise InvalidRunConfig("the run configuration holds a NaN or infinite number")
+    return config
+
+
+def create_run(repo: Repository, body: schemas.RunCreate) -> schemas.Run:
+    """Validate everything first, then register a bare kind (if that is what the run
+    names) and queue the run: a rejected request leaves nothing behind."""
+    env_row, kind, env_config = resolve_for_run(repo, body.environment)
+    check_model(body.model)
+    config = build_config(body, kind, env_config)
+    if env_row is None:
+        env_row = register_kind(repo, kind, env_config)
+    row = repo.create_run(env_row.id, config)
+    return to_schema(row, env_row.name, repo.evaluations(row.id))
+
+
+def get_run(repo: Repository, run_id: int) -> schemas.Run:
+    row = repo.get_run(run_id)
+    return to_schema(row, repo.get_environment(row.environment_id).name, repo.evaluations(run_id))
+
+
+def list_runs(
+    repo: Repository, limit: int, cursor: str | None, status: RunStatus | None
+) -> schemas.RunList:
+    rows, next_cursor = repo.list_runs(limit, check_cursor(cursor), status)
+    names = {env.id: env.name for env in repo.list_environments()}
+    evaluations = evaluations_of(repo, [row.id for row in rows])
+    items = [to_schema(r, names.get(r.environment_id, ""), evaluations.get(r.id, [])) for r in rows]
+    return schemas.RunList(items=items, next_cursor=next_cursor)
+
+
+def transition(repo: Repository, run_id: int, action: str) -> schemas.Run:
+    """Stop, resume or cancel; Conflict (409) when the run's state does not allow it."""
+    allowed, status = TRANSITIONS[action]
+    repo.transition(run_id, allowed, status)
+    return get_run(repo, run_id)
+
+
+def check_cursor(cursor: str | None) -> str | None:
+    """InvalidCursor for a cursor no database could compare (the id must fit in 64 bits)."""
+    if cursor is not None and not 0 <= decode_cursor(cursor) <= MAX_INT64:
+        raise InvalidCursor(f"invalid cursor {cursor!r}")
+    return cursor
+
+
+def evaluations_of(repo: Repository, run_ids: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
+    """`{run_id: [(step, accuracy), ...]}` for many runs in one query."""
+    query = (
+        select(orm.Evaluation.run_id, orm.Evaluation.step, orm.Evaluation.accuracy)
+        .where(orm.Evaluation.run_id.in_(run_ids))
+        .order_by(orm.Evaluation.run_id, orm.Evaluation.step)
+    )
+    found: dict[int, list[tuple[int, float]]] = {}
+    with repo.sessions() as s:
+        for run_id, step, accuracy in s.execute(query):
+            found.setdefault(run_id, []).append((step, accuracy))
+    return found
+
+
+def to_schema(row: orm.Run, environment: str, evaluations: list[tuple[int, float]]) -> schemas.Run:
+    stored = row.config
+    try:
+        config = RunConfig.model_validate(stored)
+        algorithm, steps = config.algorithm, config.steps
+        per_step = config.prompts_per_step * config.samples_per_prompt
+    except ValidationError:  # written by another version of RunConfig
+        log.warning("run %d has a configuration this version cannot read", row.id)
+        algorithm, steps = "unknown", int(stored.get("steps") or 0)
+        per_step = int(stored.get("prompts_per_step") or 0) * int(
+            stored.get("samples_per_prompt") or 0
+        )
+    base = next((accuracy for step, accuracy in evaluations if step == 0), None)
+    latest_step, latest = evaluations[-1] if evaluations else (None, None)
+    return schemas.Run(
+        id=row.id,
+        environment=environment,
+        model=row.model,
+        algorithm=algorithm,
+        status=row.status,
+        steps=steps,
+        steps_done=row.steps_done,
+        policy_version=row.policy_version,
+        error=row.error,
+        config=stored,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        eval=schemas.EvalSummary(base=base, latest=latest, latest_step=latest_step),
+        samples_seen=row.steps_done * per_step,
+    )
+
+
+# --- what a run produced ---
+
+
+def metrics(repo: Repository, run_id: int) -> schemas.MetricsSeries:
+    repo.get_run(run_id)
+    return schemas.MetricsSeries(series=repo.metrics_series(run_id))
+
+
+def list_trajectories(
+    repo: Repository,
+    run_id: int,
+    step: int | None,
+    verdict: str | None,
+    limit: int,
+    cursor: str | None,
+) -> schemas.TrajectoryList:
+    repo.get_run(run_id)
+    rows, next_cursor = repo.list_trajectories(run_id, step, verdict, limit, check_cursor(cursor))
+    items = [schemas.TrajectorySummary.model_validate(row) for row in rows]
+    return schemas.TrajectoryList(items=items, next_cursor=next_cursor)
+
+
+def get_trajectory(repo: Repository, run_id: int, trajectory_id: int) -> schemas.Trajectory:
+    repo.get_run(run_id)
+    row, scores = repo.get_trajectory_scores(trajectory_id)
+    if row.run_id != run_id:
+        raise NotFound(f"run {run_id} has no trajectory {trajectory_id}")
+    token_scores = None
+    if scores is not None:
+        tokens = scores.tokens or [None] * len(scores.log_ratios)
+        token_scores = [
+            schemas.TokenScore(token=token, log_ratio=ratio)
+            for token, ratio in zip(tokens, scores.log_ratios, strict=False)
+        ]
+    summary = schemas.TrajectorySummary.model_validate(row)
+    return schemas.Trajectory(
+        **summary.model_dump(), created_at=row.created_at, token_scores=token_scores
+    )
+
+
+def checkpoints(repo: Repository, run_id: int) -> schemas.CheckpointList:
+    repo.get_run(run_id)
+    items = [schemas.Checkpoint.model_validate(row) for row in repo.list_checkpoints(run_id)]
+    return schemas.CheckpointList(items=items)

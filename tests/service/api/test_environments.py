@@ -1,0 +1,138 @@
+"""/v1/environments: kinds and registered instances, registration rules, and `try`."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import error_of
+
+NEW_ENV = {"name": "arith-small", "kind": "arithmetic", "config": {"high": 29}}
+
+
+def test_listing_shows_every_available_kind_with_its_schema(client):
+    response = client.get("/v1/environments")
+    assert response.status_code == 200
+    items = {item["name"]: item for item in response.json()["items"]}
+    arithmetic = items["arithmetic"]
+    assert arithmetic["kind"] == "arithmetic"
+    assert arithmetic["registered"] is False
+    assert arithmetic["config"] == {}
+    assert arithmetic["description"].startswith("`a+b=`")
+    assert "high" in arithmetic["config_schema"]["properties"]
+    assert items["code"]["description"] == "Python problems judged by tests in the sandbox."
+
+
+def test_registering_validates_and_stores_the_full_config(client):
+    response = client.post("/v1/environments", json=NEW_ENV)
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["name"], body["kind"], body["registered"]) == ("arith-small", "arithmetic", True)
+    assert body["config"]["high"] == 29
+    assert body["config"]["low"] == 10  # defaults are stored too
+    assert body["created_at"] is not None
+
+    assert client.get("/v1/environments/arith-small").json() == body
+    names = {item["name"]: item for item in client.get("/v1/environments").json()["items"]}
+    assert names["arith-small"]["registered"] is True
+    assert names["arithmetic"]["registered"] is False
+
+
+def test_a_kind_is_found_by_name_and_an_unknown_name_is_404(client):
+    assert client.get("/v1/environments/code").json()["kind"] == "code"
+    response = client.get("/v1/environments/nope")
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_registering_a_taken_name_is_409(client):
+    assert client.post("/v1/environments", json=NEW_ENV).status_code == 201
+    response = client.post("/v1/environments", json=NEW_ENV)
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "already_exists"
+
+
+def test_a_name_equal_to_another_kind_is_409_and_to_its_own_kind_is_allowed(client):
+    response = client.post("/v1/environments", json={"name": "code", "kind": "arithmetic"})
+    assert response.status_code == 409
+    response = client.post("/v1/environments", json={"name": "arithmetic", "kind": "arithmetic"})
+    assert response.status_code == 201
+    items = [i for i in client.get("/v1/environments").json()["items"] if i["name"] == "arithmetic"]
+    assert [i["registered"] for i in items] == [True]
+
+
+def test_an_invalid_config_is_422_with_the_pydantic_errors(client):
+    body = {**NEW_ENV, "config": {"high": "lots", "colour": "red"}}
+    response = client.post("/v1/environments", json=body)
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "invalid_environment_config"
+    assert {tuple(d["loc"]) for d in error["details"]} == {("high",), ("colour",)}
+    assert client.get("/v1/environments/arith-small").status_code == 404
+
+
+def test_a_config_its_own_validator_rejects_is_422(client):
+    body = {**NEW_ENV, "config": {"low": 40, "high": 20}}
+    response = client.post("/v1/environments", json=body)
+    assert response.status_code == 422
+    assert "high must be >= low" in error_of(response)["details"][0]["msg"]
+
+
+def test_an_unknown_kind_is_422(client):
+    response = client.post("/v1/environments", json={"name": "x", "kind": "chess"})
+    assert response.status_code == 422
+    assert error_of(response)["code"] == "unknown_environment"
+
+
+@pytest.mark.parametrize("name", ["Upper", "-dash-first", "a" * 65, "sp ace", ""])
+def test_a_malformed_name_is_422(client, name):
+    response = client.post("/v1/environments", json={**NEW_ENV, "name": name})
+    assert response.status_code == 422
+    assert error_of(response)["details"][0]["loc"] == ["body", "name"]
+
+
+# `try` samples with the real tiny model; once, on the embedded stack.
+
+
+@pytest.fixture
+def sqlite_client(sqlite_settings, make_client):
+    return make_client(sqlite_settings)
+
+
+def test_try_samples_and_scores_with_the_tiny_model(sqlite_client):
+    assert sqlite_client.post("/v1/environments", json=NEW_ENV).status_code == 201
+    body = {"model": "tiny", "tasks": 3, "samples_per_prompt": 2, "max_new_tokens": 8}
+    response = sqlite_client.post("/v1/environments/arith-small/try", json=body)
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert len(items) == 3 * 2
+    assert [i["task_id"] for i in items[::2]] == [i["task_id"] for i in items[1::2]]
+    for item in items:
+        assert item["prompt"].endswith("=")
+        assert item["verdict"] in {"ok", "wrong_answer", "format_error"}
+        assert item["reward"] == (1.0 if item["verdict"] == "ok" else 0.0)
+        assert (item["feedback"] is None) == (item["verdict"] == "ok")
+    # the model is loaded once and kept for the next call
+    assert "tiny" in sqlite_client.app.state.services.policies._loaded
+    response = sqlite_client.post("/v1/environments/arithmetic/try", json={"split": "eval"})
+    assert response.status_code == 200
+    assert len(response.json()["items"]) == 2 * 2
+
+
+def test_try_on_an_unknown_environment_is_404(sqlite_client):
+    response = sqlite_client.post("/v1/environments/nope/try", json={})
+    assert response.status_code == 404
+
+
+def test_try_with_a_missing_model_directory_is_422(sqlite_client, tmp_path):
+    body = {"model": str(tmp_path / "no-model")}
+    response = sqlite_client.post("/v1/environments/arithmetic/try", json=body)
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "model_not_found"
+    assert "config.json missing" in error["message"]
+
+
+def test_try_bounds_are_enforced(sqlite_client):
+    response = sqlite_client.post("/v1/environments/arithmetic/try", json={"tasks": 17})
+    assert response.status_code == 422
+    assert error_of(response)["details"][0]["loc"] == ["body", "tasks"]

@@ -1,0 +1,249 @@
+"""/v1/runs: creating runs from presets, reading them and what they produced, state changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import error_of, make_run, record_step
+
+RUN = {"environment": "arithmetic", "steps": 20, "config": {"prompts_per_step": 4}}
+
+
+def test_creating_a_run_on_a_kind_registers_it_and_queues_the_run(client):
+    response = client.post("/v1/runs", json=RUN)
+    assert response.status_code == 201, response.text
+    run = response.json()
+    assert run["status"] == "queued"
+    assert (run["environment"], run["model"], run["algorithm"]) == ("arithmetic", "tiny", "sdpo")
+    assert (run["steps"], run["steps_done"], run["samples_seen"]) == (20, 0, 0)
+    assert run["config"]["env"] == "arithmetic"
+    assert run["config"]["env_config"]["high"] == 49
+    assert run["config"]["prompts_per_step"] == 4
+    assert run["eval"] == {"base": None, "latest": None, "latest_step": None}
+    assert client.get(f"/v1/runs/{run['id']}").json() == run
+    registered = client.get("/v1/environments/arithmetic").json()
+    assert registered["registered"] is True
+
+
+def test_a_run_on_a_registered_instance_uses_its_kind_and_config(client):
+    client.post(
+        "/v1/environments", json={"name": "small", "kind": "arithmetic", "config": {"high": 29}}
+    )
+    body = {"environment": "small", "algorithm": "grpo", "config": {"optim": {"lr": 0.001}}}
+    run = client.post("/v1/runs", json=body).json()
+    assert run["environment"] == "small"
+    assert run["algorithm"] == "grpo"
+    assert run["config"]["env"] == "arithmetic"
+    assert run["config"]["env_config"]["high"] == 29
+    assert run["config"]["loss"]["distill_weight"] == 0.0
+    assert run["config"]["optim"]["lr"] == 0.001
+    assert run["steps"] == 300  # the preset's default
+
+
+def test_a_mixed_loss_is_reported_as_mixed(client):
+    body = {"environment": "arithmetic", "config": {"loss": {"distill_weight": 0.5}}}
+    assert client.post("/v1/runs", json=body).json()["algorithm"] == "mixed"
+
+
+def test_an_invalid_run_config_is_422_with_pydantic_details(client):
+    body = {"environment": "arithmetic", "config": {"loss": {"distill": {"alpha": 2}}, "nope": 1}}
+    response = client.post("/v1/runs", json=body)
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["code"] == "invalid_run_config"
+    assert {tuple(d["loc"]) for d in error["details"]} == {("loss", "distill", "alpha"), ("nope",)}
+    assert client.get("/v1/runs").json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"environment": "chess"}, "unknown_environment"),
+        ({"environment": "arithmetic", "model": "/no/such/model"}, "model_not_found"),
+        ({"environment": "arithmetic", "model": "./a\x00b"}, "model_not_found"),
+        (
+            {"environment": "arithmetic", "config": {"env_config": {"high": 5}}},
+            "invalid_run_config",
+        ),
+        ({"environment": "arithmetic", "algorithm": "ppo"}, "validation_error"),
+        ({"environment": "arithmetic", "steps": 0}, "validation_error"),
+    ],
+)
+def test_bad_run_requests_are_422_and_leave_nothing_behind(client, body, code):
+    response = client.post("/v1/runs", json=body)
+    assert response.status_code == 422, response.text
+    assert error_of(response)["code"] == code
+    assert client.get("/v1/runs").json()["items"] == []
+    assert client.get("/v1/environments/arithmetic").json()["registered"] is False
+
+
+def test_a_config_with_an_infinite_number_is_422(client):
+    # Python's JSON parser reads the non-standard `Infinity`; JSON (and Postgres) cannot hold it.
+    body = '{"environment": "arithmetic", "config": {"optim": {"lr": Infinity}}}'
+    response = client.post("/v1/runs", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "infinite" in error_of(response)["message"]
+
+
+def test_runs_are_listed_newest_first_a_page_at_a_time(client, repo):
+    ids = [make_run(repo).id for _ in range(5)]
+    repo.set_status(ids[1], "running")
+    first = client.get("/v1/runs", params={"limit": 2}).json()
+    assert [r["id"] for r in first["items"]] == ids[::-1][:2]
+    second = client.get("/v1/runs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    third = client.get("/v1/runs", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+    assert [r["id"] for r in second["items"] + third["items"]] == ids[::-1][2:]
+    assert third["next_cursor"] is None
+    running = client.get("/v1/runs", params={"status": "running"}).json()["items"]
+    assert [r["id"] for r in running] == [ids[1]]
+    assert client.get("/v1/runs", params={"status": "sleeping"}).status_code == 422
+    assert client.get("/v1/runs", params={"limit": 501}).status_code == 422
+
+
+def test_a_run_reports_progress_evaluations_and_samples_seen(client, repo):
+    run = make_run(repo)
+    record_step(repo, run.id, 1, ["ok", "wrong_answer"])
+    record_step(repo, run.id, 2, ["ok", "ok"])
+    repo.add_evaluation(run.id, 0, 0.25)
+    repo.add_evaluation(run.id, 2, 0.5)
+    body = client.get(f"/v1/runs/{run.id}").json()
+    assert (body["steps_done"], body["policy_version"]) == (2, 2)
+    assert body["samples_seen"] == 2 * 2 * 3  # steps x prompts_per_step x samples_per_prompt
+    assert body["eval"] == {"base": 0.25, "latest": 0.5, "latest_step": 2}
+    listed = client.get("/v1/runs").json()["items"][0]
+    assert listed["eval"] == body["eval"]
+
+
+def test_an_unknown_run_is_404_on_every_read(client):
+    for path in ["", "/metrics", "/trajectories", "/trajectories/1", "/checkpoints", "/feedback"]:
+        response = client.get(f"/v1/runs/99{path}")
+        assert response.status_code == 404, path
+        assert error_of(response)["code"] == "not_found"
+
+
+def test_stop_resume_cancel_follow_the_allowed_transitions(client, repo):
+    run = make_run(repo)
+    assert client.post(f"/v1/runs/{run.id}/stop").json()["status"] == "stopped"
+    assert client.post(f"/v1/runs/{run.id}/stop").status_code == 409
+    assert client.post(f"/v1/runs/{run.id}/resume").json()["status"] == "queued"
+    response = client.post(f"/v1/runs/{run.id}/resume")
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "conflict"
+    assert client.post(f"/v1/runs/{run.id}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/v1/runs/{run.id}/resume").status_code == 409
+    assert client.post("/v1/runs/99/cancel").status_code == 404
+
+
+def test_a_failed_run_can_be_resumed_and_its_error_is_cleared(client, repo):
+    run = make_run(repo)
+    repo.set_status(run.id, "failed", error="worker died")
+    assert client.get(f"/v1/runs/{run.id}").json()["error"] == "worker died"
+    resumed = client.post(f"/v1/runs/{run.id}/resume").json()
+    assert (resumed["status"], resumed["error"]) == ("queued", None)
+
+
+class WakeCounter:
+    """Stands in for the orchestrator: this test is about the API calling `wake`."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def test_creating_and_controlling_runs_wakes_the_orchestrator(client):
+    counter = WakeCounter()
+    client.app.state.services.orchestrator = counter
+    run = client.post("/v1/runs", json=RUN).json()
+    client.post(f"/v1/runs/{run['id']}/stop")
+    client.post(f"/v1/runs/{run['id']}/resume")
+    client.post(f"/v1/runs/{run['id']}/resume")  # 409: no wake
+    assert counter.wakes == 3
+
+
+def test_metrics_are_series_of_step_value_pairs(client, repo):
+    run = make_run(repo)
+    record_step(repo, run.id, 1, ["ok", "wrong_answer"])
+    record_step(repo, run.id, 2, ["ok", "ok"])
+    repo.add_evaluation(run.id, 2, 0.75)
+    series = client.get(f"/v1/runs/{run.id}/metrics").json()["series"]
+    assert series["reward_mean"] == [[1, 0.5], [2, 1.0]]
+    assert series["eval_accuracy"] == [[2, 0.75]]
+
+
+def test_trajectories_filter_and_page_and_one_shows_its_token_scores(client, repo):
+    run = make_run(repo)
+    other = make_run(repo)
+    record_step(
+        repo,
+        run.id,
+        1,
+        ["ok", "wrong_answer", "ok"],
+        log_ratios=[[0.1, -0.2], [0.3], [float("nan")]],
+        tokens=[["1", "2"], ["3"], ["4"]],
+    )
+    record_step(repo, run.id, 2, ["wrong_answer", "ok"])
+    record_step(repo, other.id, 1, ["ok"])
+
+    page = client.get(f"/v1/runs/{run.id}/trajectories", params={"limit": 3}).json()
+    assert [(t["step"], t["sample_index"]) for t in page["items"]] == [(1, 0), (1, 1), (1, 2)]
+    rest = client.get(
+        f"/v1/runs/{run.id}/trajectories", params={"limit": 3, "cursor": page["next_cursor"]}
+    ).json()
+    assert [(t["step"], t["sample_index"]) for t in rest["items"]] == [(2, 0), (2, 1)]
+    assert rest["next_cursor"] is None
+    wrong = client.get(
+        f"/v1/runs/{run.id}/trajectories", params={"verdict": "wrong_answer", "step": 1}
+    ).json()["items"]
+    assert [(t["step"], t["verdict"]) for t in wrong] == [(1, "wrong_answer")]
+    assert wrong[0]["feedback"] == "Incorrect. The answer is 3."
+
+    first = page["items"][0]
+    detail = client.get(f"/v1/runs/{run.id}/trajectories/{first['id']}").json()
+    assert detail["token_scores"] == [
+        {"token": "1", "log_ratio": 0.1},
+        {"token": "2", "log_ratio": -0.2},
+    ]
+    assert {k: detail[k] for k in first} == first
+    nan_scored = client.get(f"/v1/runs/{run.id}/trajectories/{page['items'][2]['id']}").json()
+    assert nan_scored["token_scores"] == [{"token": "4", "log_ratio": None}]
+    untrained = client.get(f"/v1/runs/{run.id}/trajectories/{rest['items'][0]['id']}").json()
+    assert untrained["token_scores"] is None
+
+    theirs = client.get(f"/v1/runs/{other.id}/trajectories").json()["items"][0]
+    response = client.get(f"/v1/runs/{run.id}/trajectories/{theirs['id']}")
+    assert response.status_code == 404
+
+
+def test_token_scores_without_token_texts_have_null_tokens(client, repo):
+    run = make_run(repo)
+    record_step(repo, run.id, 1, ["ok"], log_ratios=[[0.5, 0.25]])
+    [item] = client.get(f"/v1/runs/{run.id}/trajectories").json()["items"]
+    detail = client.get(f"/v1/runs/{run.id}/trajectories/{item['id']}").json()
+    assert detail["token_scores"] == [
+        {"token": None, "log_ratio": 0.5},
+        {"token": None, "log_ratio": 0.25},
+    ]
+
+
+def test_checkpoints_are_listed_by_step(client, repo):
+    run = make_run(repo)
+    repo.add_checkpoint(run.id, 5, "/data/runs/1/step-5")
+    repo.add_checkpoint(run.id, 10, "/data/runs/1/step-10")
+    items = client.get(f"/v1/runs/{run.id}/checkpoints").json()["items"]
+    assert [(c["step"], c["path"]) for c in items] == [
+        (5, "/data/runs/1/step-5"),
+        (10, "/data/runs/1/step-10"),
+    ]
+    assert all(c["created_at"] for c in items)
+
+
+def test_feedback_is_the_newest_items_of_the_live_stream(client, repo, run_async):
+    run = make_run(repo)
+    bus = client.app.state.services.bus
+    items = [{"task_id": f"t{i}", "feedback": "no"} for i in range(5)]
+    run_async(bus.publish_feedback, str(run.id), items)
+    items = client.get(f"/v1/runs/{run.id}/feedback", params={"count": 2}).json()["items"]
+    assert [i["task_id"] for i in items] == ["t3", "t4"]
+    assert len(client.get(f"/v1/runs/{run.id}/feedback").json()["items"]) == 5

@@ -1,0 +1,369 @@
+"""The server-facing commands: `opsd envs list|register`, `opsd runs ...`, `serve`, `worker`, `db`.
+
+A real server (create_app on SQLite, background=False so that nothing trains) listens
+on a free port in a thread; the commands run through typer's CliRunner against it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import create_engine, inspect
+from typer.testing import CliRunner
+
+from service.app import create_app
+from service.cli import app
+from service.settings import Settings
+from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
+from service.storage.migrate import upgrade
+
+from .conftest import REDIS_URL
+
+runner = CliRunner()
+TOKEN = "s3cret-token"
+
+
+class Server:
+    """uvicorn serving create_app(settings) in a thread, on a port the OS picked."""
+
+    def __init__(self, settings: Settings) -> None:
+        upgrade(settings.database_url)
+        self.settings = settings
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            create_app(settings, background=False), log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+    def repo(self) -> Repository:
+        return Repository(make_sessionmaker(make_engine(self.settings.database_url)))
+
+
+def settings_for(tmp: Path, **fields) -> Settings:
+    return Settings(data_dir=tmp, database_url=f"sqlite:///{tmp / 'opsd.db'}", **fields)
+
+
+@pytest.fixture(autouse=True)
+def no_opsd_environment(monkeypatch):
+    """The caller's OPSD_* variables must not leak into the commands under test."""
+    for name in ("OPSD_URL", "OPSD_API_TOKEN", "OPSD_REDIS_URL", "OPSD_HOST", "OPSD_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    with Server(settings_for(tmp_path_factory.mktemp("server"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory) -> Iterator[Server]:
+    with Server(settings_for(tmp_path_factory.mktemp("guarded"), api_token=TOKEN)) as running:
+        yield running
+
+
+def opsd(*args: str, url: str | None = None):
+    return runner.invoke(app, [*args, *(["--url", url] if url else [])])
+
+
+def text(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def assert_clean_failure(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # typer.Exit, not an escaped error
+    assert "Traceback" not in result.output
+    assert text(result).startswith("error:")
+    for fragment in fragments:
+        assert fragment in text(result)
+
+
+def create_run(server: Server, *extra: str) -> int:
+    args = ["runs", "create", "--env", "arithmetic", "--steps", "3", *extra]
+    result = opsd(*args, url=server.url)
+    assert result.exit_code == 0, result.output
+    assert "queued" in text(result)
+    return int(text(result).split()[1])  # "run <id> queued: ..."
+
+
+# -- environments -------------------------------------------------------------------
+
+
+def test_envs_list_shows_the_built_in_environments(server):
+    result = opsd("envs", "list", url=server.url)
+
+    assert result.exit_code == 0, result.output
+    assert "arithmetic" in result.output and "code" in result.output
+
+
+def test_envs_register_adds_an_environment_and_a_duplicate_fails_cleanly(server):
+    register = ("envs", "register", "small-sums", "--kind", "arithmetic")
+    first = opsd(*register, "--config", '{"eval_size": 8}', url=server.url)
+    again = opsd(*register, url=server.url)
+    listed = opsd("envs", "list", url=server.url)
+
+    assert first.exit_code == 0, first.output
+    assert "registered environment small-sums" in text(first)
+    assert_clean_failure(again, "small-sums")
+    assert "small-sums" in listed.output
+
+
+def test_envs_register_reads_the_config_from_a_toml_file(server, tmp_path):
+    config = tmp_path / "env.toml"
+    config.write_text("eval_size = 4\n")
+
+    result = opsd(
+        "envs", "register", "from-file", "--kind", "arithmetic", "--config", f"@{config}",
+        url=server.url,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+
+
+def test_envs_register_with_a_bad_config_fails_cleanly(server):
+    not_json = opsd("envs", "register", "x", "--kind", "arithmetic", "--config", "{")
+    unknown_kind = opsd("envs", "register", "y", "--kind", "no-such-kind", url=server.url)
+
+    assert_clean_failure(not_json, "--config is not JSON")
+    assert_clean_failure(unknown_kind, "no-such-kind")
+
+
+# -- runs ---------------------------------------------------------------------------
+
+
+def test_runs_create_queues_a_run_that_list_and_show_report(server):
+    run_id = create_run(server, "--algorithm", "grpo", "--set", "optim.lr=0.001")
+
+    listed = opsd("runs", "list", url=server.url)
+    queued = opsd("runs", "list", "--status", "queued", url=server.url)
+    shown = opsd("runs", "show", str(run_id), url=server.url)
+    as_json = opsd("runs", "show", str(run_id), "--json", url=server.url)
+
+    assert listed.exit_code == 0 and queued.exit_code == 0, listed.output + queued.output
+    assert str(run_id) in listed.output and "queued" in queued.output
+    assert shown.exit_code == 0, shown.output
+    assert f"run {run_id}" in text(shown) and "queued" in text(shown)
+    assert "0/3 steps" in text(shown) and "grpo on arithmetic" in text(shown)
+    assert '"algorithm": "grpo"' in as_json.output
+    assert '"lr": 0.001' in as_json.output
+
+
+def test_runs_create_takes_nested_overrides_from_a_config_file(server, tmp_path):
+    config = tmp_path / "run.json"
+    config.write_text('{"optim": {"lr": 0.0005}, "samples_per_prompt": 2}')
+
+    run_id = create_run(server, "--config", str(config), "--set", "optim.lr=0.002")
+    shown = opsd("runs", "show", str(run_id), "--json", url=server.url)
+
+    assert '"lr": 0.002' in shown.output  # --set wins over the file
+    assert '"samples_per_prompt": 2' in shown.output
+
+
+def test_runs_create_with_an_invalid_config_fails_cleanly(server):
+    bad_value = opsd(
+        "runs", "create", "--env", "arithmetic", "--set", "optim.lr=-1", url=server.url
+    )
+    no_env = opsd("runs", "create", "--env", "no-such-env", url=server.url)
+
+    assert_clean_failure(bad_value, "lr")
+    assert_clean_failure(no_env, "no-such-env")
+
+
+def test_runs_stop_resume_cancel_move_the_run_through_its_states(server):
+    run_id = str(create_run(server))
+
+    stopped = opsd("runs", "stop", run_id, url=server.url)
+    resumed = opsd("runs", "resume", run_id, url=server.url)
+    cancelled = opsd("runs", "cancel", run_id, url=server.url)
+    resumed_again = opsd("runs", "resume", run_id, url=server.url)
+
+    assert stopped.exit_code == 0 and "stopped" in text(stopped), stopped.output
+    assert resumed.exit_code == 0 and "queued" in text(resumed), resumed.output
+    assert cancelled.exit_code == 0 and "cancelled" in text(cancelled), cancelled.output
+    assert_clean_failure(resumed_again)
+
+
+def test_runs_show_of_a_missing_run_fails_cleanly(server):
+    assert_clean_failure(opsd("runs", "show", "987654", url=server.url), "987654")
+
+
+@pytest.mark.parametrize(
+    ("ending", "code"), [("completed", 0), ("failed", 1), ("cancelled", 1), ("stopped", 1)]
+)
+def test_runs_watch_follows_the_events_and_exits_by_how_the_run_ended(server, ending, code):
+    """Plumbing: the events are written into the record by the test, not by training;
+    the run ends while the command follows it."""
+    run_id = create_run(server)
+    repo = server.repo()
+    repo.set_status(run_id, RunStatus.running)
+    repo.add_event(run_id, "started", {})
+    for step in (1, 2, 3):
+        repo.add_event(run_id, "step", {"step": step, "metrics": {"reward_mean": 0.25 * step}})
+    repo.add_event(run_id, "eval", {"step": 3, "accuracy": 0.5})
+
+    def end_run() -> None:
+        time.sleep(1.0)
+        repo.set_status(run_id, RunStatus(ending), error="boom" if ending == "failed" else None)
+        repo.add_event(run_id, ending, {})
+
+    ender = threading.Thread(target=end_run)
+    ender.start()
+    result = opsd("runs", "watch", str(run_id), url=server.url)
+    ender.join()
+
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert f"run {run_id} {ending}" in text(result)
+    assert "reward 0.750" in text(result) and "eval 0.500" in text(result)
+
+
+# -- reaching the server ------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_reported_with_a_hint(monkeypatch):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
+        monkeypatch.setenv("OPSD_URL", url)
+
+        result = opsd("runs", "list")
+
+    assert_clean_failure(result, f"no opsd server answers at {url}", "opsd serve")
+
+
+def test_a_guarded_server_refuses_a_mutating_call_without_the_token(guarded, monkeypatch):
+    without = opsd("envs", "register", "guarded-env", "--kind", "arithmetic", url=guarded.url)
+    reads = opsd("envs", "list", url=guarded.url)
+    with_flag = opsd(
+        "envs", "register", "guarded-env", "--kind", "arithmetic", "--token", TOKEN, url=guarded.url
+    )
+    monkeypatch.setenv("OPSD_API_TOKEN", TOKEN)
+    with_env = opsd("runs", "create", "--env", "guarded-env", "--steps", "1", url=guarded.url)
+
+    assert_clean_failure(without, "bearer token", "OPSD_API_TOKEN")
+    assert reads.exit_code == 0, reads.output
+    assert with_flag.exit_code == 0, with_flag.output
+    assert with_env.exit_code == 0, with_env.output
+
+
+# -- serve, worker, db --------------------------------------------------------------
+
+
+def test_serve_refuses_a_public_address_without_a_token(monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.append(k))
+    monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
+
+    result = opsd("serve", "--host", "0.0.0.0")
+
+    assert_clean_failure(result, "refusing to listen on '0.0.0.0'", "OPSD_API_TOKEN")
+    assert started == []
+
+
+def test_serve_runs_uvicorn_with_the_app_on_the_settings_address(monkeypatch, tmp_path):
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **k: started.append((app, k)))
+    monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("OPSD_PORT", "8123")
+    monkeypatch.setenv("OPSD_API_TOKEN", TOKEN)
+
+    result = opsd("serve", "--host", "0.0.0.0")
+
+    assert result.exit_code == 0, result.output
+    ((served, options),) = started
+    assert isinstance(served, FastAPI)
+    assert options["host"] == "0.0.0.0" and options["port"] == 8123
+    assert options["access_log"] is False and options["log_level"] == "info"
+
+
+def test_serve_reports_invalid_settings_cleanly(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
+
+    assert_clean_failure(opsd("serve", "--port", "70000"), "OPSD_PORT")
+
+
+def test_worker_without_redis_refuses(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
+
+    assert_clean_failure(opsd("worker"), "OPSD_REDIS_URL", "opsd serve")
+
+
+def test_worker_runs_on_redis_until_sigterm_and_exits_cleanly(monkeypatch, tmp_path, redis_prefix):
+    upgrade(f"sqlite:///{tmp_path / 'opsd.db'}")
+    monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("OPSD_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("OPSD_BUS_PREFIX", redis_prefix)
+    terminate = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    terminate.start()
+
+    result = opsd("worker", "--id", "cli-test")
+    terminate.join()
+
+    assert result.exit_code == 0, result.output
+    assert "SIGTERM: stopping" in text(result) and "worker stopped" in text(result)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers given back
+
+
+def test_worker_with_redis_down_fails_cleanly(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("OPSD_REDIS_URL", "redis://127.0.0.1:9/0")
+
+    assert_clean_failure(opsd("worker"), "Redis at redis://127.0.0.1:9/0 does not answer")
+
+
+def test_db_upgrade_creates_the_tables_of_a_new_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path / 'fresh' / 'opsd.db'}"
+
+    first = opsd("db", "upgrade", "--url", url)
+    again = opsd("db", "upgrade", "--url", url)
+
+    assert first.exit_code == 0, first.output
+    tables = set(inspect(create_engine(url)).get_table_names())
+    assert {"runs", "environments", "events", "alembic_version"} <= tables
+    assert "upgraded empty -> revision" in text(first)
+    assert "already at revision" in text(again)
+
+
+def test_db_upgrade_reads_the_database_from_the_environment(monkeypatch, postgres):
+    url = postgres.create()
+    monkeypatch.setenv("OPSD_DATABASE_URL", url)
+
+    result = opsd("db", "upgrade")
+
+    assert result.exit_code == 0, result.output
+    assert "runs" in inspect(create_engine(url)).get_table_names()
+    postgres.drop(url)
+
+
+def test_db_upgrade_of_an_unreachable_database_fails_cleanly():
+    result = opsd("db", "upgrade", "--url", "postgresql+psycopg://opsd:pw@127.0.0.1:9/opsd")
+
+    assert_clean_failure(result, "cannot migrate")
+    assert "pw" not in text(result)
