@@ -30,6 +30,7 @@ from service.runs.schemas import (
     Trajectory,
     TrajectoryList,
 )
+from service.runtime import emit
 from service.storage import RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -84,8 +85,12 @@ def get_run(run_id: RunId, repo: RepoDep) -> Run:
     return service.get_run(repo, run_id)
 
 
+EVENT_OF = {"stop": "stopped", "resume": "resumed", "cancel": "cancelled"}
+
+
 async def control(services: Services, run_id: int, action: str) -> Run:
     run = await to_thread.run_sync(service.transition, services.repo, run_id, action)
+    await emit(services.repo, services.bus, run_id, EVENT_OF[action], {"status": run.status})
     services.wake_orchestrator()
     return run
 

@@ -64,8 +64,8 @@ def test_a_stopped_run_that_was_resumed_is_followed_past_its_old_stop_event(clie
 def test_a_run_already_in_a_terminal_state_ends_once_everything_is_replayed(client, repo):
     run = make_run(repo)
     repo.add_event(run.id, "started", {})
-    client.post(f"/v1/runs/{run.id}/cancel")
-    assert [e["event"] for e in events_of(client, run.id)] == ["started"]
+    client.post(f"/v1/runs/{run.id}/cancel")  # records the "cancelled" event
+    assert [e["event"] for e in events_of(client, run.id)] == ["started", "cancelled"]
     # a client that already saw everything gets an empty stream that ends
     assert events_of(client, run.id, params={"after": 10**6}) == []
 
