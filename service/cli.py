@@ -23,7 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from service import cli_client, cli_server
+from service import cli_client, cli_demo, cli_server
 from service.cli_common import console, fail, load_config_file, quiet_libraries
 
 app = typer.Typer(
@@ -160,6 +160,7 @@ envs_app.command("register")(cli_client.envs_register)
 app.add_typer(cli_client.runs_app, name="runs")
 app.command()(cli_server.serve)
 app.command()(cli_server.worker)
+app.command()(cli_demo.demo)
 app.add_typer(cli_server.db_app, name="db")
 
 

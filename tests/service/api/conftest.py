@@ -9,16 +9,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from service.app import create_app
@@ -27,47 +23,15 @@ from service.storage import Repository
 from service.storage.migrate import upgrade
 from service.storage.models import Base
 
-ADMIN_URL = os.environ.get(
-    "OPSD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-REDIS_URL = os.environ.get("OPSD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def admin_engine():
-    return create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-
-
-def create_database() -> str:
-    """A new, empty Postgres database; returns its URL."""
-    name = f"opsd_test_{uuid.uuid4().hex[:12]}"
-    with admin_engine().connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    with admin_engine().connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-
-
-def delete_prefix(prefix: str) -> None:
-    """Delete every Redis key under `prefix:`."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+from ..conftest import REDIS_URL
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(postgres) -> str:
     """One migrated Postgres database for the session (migrating per test is slow)."""
-    url = create_database()
+    url = postgres.create()
     upgrade(url)
-    yield url
-    drop_database(url)
+    return url
 
 
 def truncate(url: str) -> None:
@@ -88,7 +52,7 @@ def settings(request, tmp_path) -> Iterator[Settings]:
         return
     url = request.getfixturevalue("postgres_url")
     truncate(url)
-    prefix = f"opsd-test-{uuid.uuid4().hex[:12]}"
+    prefix = request.getfixturevalue("redis_prefix")  # deleted after the test
     yield Settings(
         data_dir=tmp_path,
         database_url=url,
@@ -97,7 +61,6 @@ def settings(request, tmp_path) -> Iterator[Settings]:
         poll_s=0.02,
         device="cpu",
     )
-    delete_prefix(prefix)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import time
 
 from service.settings import Settings
 
-from .conftest import create_database, drop_database
 from .helpers import make_run
 
 
@@ -34,17 +33,16 @@ def test_readyz_is_503_without_a_worker_heartbeat_and_200_with_one(client, run_a
     }
 
 
-def test_app_does_not_migrate_postgres_and_readyz_says_the_schema_is_behind(make_client, tmp_path):
-    url = create_database()
-    try:
-        client = make_client(Settings(data_dir=tmp_path, database_url=url))
-        client.portal.call(client.app.state.services.bus.heartbeat, "w1", 30)
-        response = client.get("/readyz")
-        assert response.status_code == 503
-        database = response.json()["checks"]["database"]
-        assert "revision none" in database and "opsd db upgrade" in database
-    finally:
-        drop_database(url)
+def test_app_does_not_migrate_postgres_and_readyz_says_the_schema_is_behind(
+    make_client, tmp_path, postgres
+):
+    url = postgres.create()
+    client = make_client(Settings(data_dir=tmp_path, database_url=url))
+    client.portal.call(client.app.state.services.bus.heartbeat, "w1", 30)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    database = response.json()["checks"]["database"]
+    assert "revision none" in database and "opsd db upgrade" in database
 
 
 def test_embedded_app_migrates_its_sqlite_database_on_start(make_client, tmp_path):

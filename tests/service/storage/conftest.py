@@ -1,45 +1,20 @@
 """One storage suite, two backends: every test runs on a SQLite file and on real Postgres.
 
-Postgres: each test gets its own database `opsd_test_<random>`, created through the
-admin URL `OPSD_TEST_POSTGRES_URL` (default: the local `test` database) and dropped after;
+Postgres (tests/service/conftest.py): each migration test gets its own new database;
 repository tests share one database migrated once per session, truncated before each test.
 """
 
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from service.storage import Repository, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
 from service.storage.models import Base, Environment
 from trainer.config import RunConfig
-
-ADMIN_URL = os.environ.get(
-    "OPSD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def create_database() -> str:
-    """A new, empty Postgres database; returns its URL."""
-    name = f"opsd_test_{uuid.uuid4().hex[:12]}"
-    with admin_engine().connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    with admin_engine().connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-
-
-def admin_engine():
-    return create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -48,25 +23,27 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def database_url(backend, tmp_path) -> Iterator[str]:
+def database_url(backend, tmp_path, request) -> Iterator[str]:
     """The URL of an empty database (no tables) on the parametrized backend."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'opsd.db'}"
         return
-    url = create_database()
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.create()
     yield url
-    drop_database(url)
+    postgres.drop(url)
 
 
 @pytest.fixture(scope="session")
-def migrated(tmp_path_factory) -> Iterator[dict[str, str]]:
+def migrated(tmp_path_factory, postgres) -> dict[str, str]:
     """Per backend, a database migrated once (migrating for each test is slow)."""
-    sqlite = f"sqlite:///{tmp_path_factory.mktemp('migrated') / 'opsd.db'}"
-    postgres = create_database()
-    for url in (sqlite, postgres):
+    urls = {
+        "sqlite": f"sqlite:///{tmp_path_factory.mktemp('migrated') / 'opsd.db'}",
+        "postgres": postgres.create(),
+    }
+    for url in urls.values():
         upgrade(url)
-    yield {"sqlite": sqlite, "postgres": postgres}
-    drop_database(postgres)
+    return urls
 
 
 @pytest.fixture
