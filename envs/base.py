@@ -64,7 +64,13 @@ class EnvConfig(BaseModel):
 
 @runtime_checkable
 class Environment(Protocol):
-    """What the trainer and the orchestrator need from an environment."""
+    """What the trainer and the orchestrator need from an environment.
+
+    It is built as `cls(config)`. An environment that runs code also takes a keyword
+    `sandbox_settings: SandboxSettings | None = None`: envs.registry.make_env passes the
+    service's sandbox settings (OPSD_SANDBOX__*) through it, and None (plain library
+    use) means the environment's own defaults.
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[EnvConfig]]

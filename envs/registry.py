@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
 from pydantic import ValidationError
 
 from envs.base import EnvConfig, Environment
+from sandbox.base import SandboxSettings
 
 ENTRY_POINT_GROUP = "opsd.envs"
 
@@ -52,11 +54,29 @@ def config_schema(name: str) -> dict[str, Any]:
     return env_class(name).Config.model_json_schema()
 
 
-def make_env(name: str, config: dict[str, Any] | EnvConfig | None = None) -> Environment:
-    """Build a configured environment instance."""
+def takes_sandbox_settings(cls: type[Environment]) -> bool:
+    """Whether the environment runs code and wants the service's sandbox settings: its
+    constructor has a `sandbox_settings` keyword (envs/README.md, "Environments that run code")."""
+    try:
+        return "sandbox_settings" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no inspectable signature (a C extension, say)
+        return False
+
+
+def make_env(
+    name: str,
+    config: dict[str, Any] | EnvConfig | None = None,
+    *,
+    sandbox: SandboxSettings | None = None,
+) -> Environment:
+    """Build a configured environment instance. `sandbox` (the service's sandbox settings,
+    OPSD_SANDBOX__*) goes to environments that take `sandbox_settings`; None leaves
+    them to their own defaults."""
     cls = env_class(name)
     try:
         cfg = config if isinstance(config, EnvConfig) else cls.Config.model_validate(config or {})
     except ValidationError as exc:
         raise InvalidEnvConfig(f"invalid config for environment {name!r}: {exc}") from exc
+    if sandbox is not None and takes_sandbox_settings(cls):
+        return cls(cfg, sandbox_settings=sandbox)
     return cls(cfg)

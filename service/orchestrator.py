@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from sandbox.base import SandboxSettings
 from service.bus import Bus
 from service.bus.codec import encode_batch
 from service.runtime import TRAINERS, batch_id_for, emit, republish_untrained
@@ -54,20 +56,27 @@ class PolicyCopy(Protocol):
     def close(self) -> None: ...
 
 
-def open_session(cfg: RunConfig, device: str | None) -> PolicyCopy:
-    return Session.open(cfg, device, train=False)
+def open_session(
+    cfg: RunConfig, device: str | None, *, sandbox: SandboxSettings | None = None
+) -> PolicyCopy:
+    """A sampling-only Session whose environment scores in the service's sandbox."""
+    return Session.open(cfg, device, train=False, sandbox=sandbox)
 
 
 class Orchestrator:
+    """Drives every active run; `open_policy(cfg, device)` opens a run's policy copy
+    (default: `open_session` with the settings' sandbox; tests and benchmarks pass a
+    scripted stand-in)."""
+
     def __init__(
         self,
         repo: Repository,
         bus: Bus,
         settings: Settings,
-        open_policy: Callable[[RunConfig, str | None], PolicyCopy] = open_session,
+        open_policy: Callable[[RunConfig, str | None], PolicyCopy] | None = None,
     ) -> None:
         self.repo, self.bus, self.settings = repo, bus, settings
-        self.open_policy = open_policy
+        self.open_policy = open_policy or partial(open_session, sandbox=settings.sandbox)
         self.drivers: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None

@@ -1,7 +1,8 @@
 """Service settings, read from `OPSD_*` environment variables (DESIGN.md "Two ways to run").
 
 Nothing reads these globally: the app factory / worker entry point builds one `Settings`
-and passes what each part needs.
+and passes what each part needs. Nested settings use `__`: `OPSD_SANDBOX__BACKEND=docker`,
+`OPSD_SANDBOX__LIMITS__WALL_SECONDS=2`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sandbox.base import SandboxSettings
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OPSD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="OPSD_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Field(
         Path("./opsd-data"), description="checkpoints, logs and the embedded SQLite database"
@@ -42,6 +45,12 @@ class Settings(BaseSettings):
     )
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period")
     poll_s: float = Field(0.2, gt=0, description="how often loops look for new work")
+    sandbox: SandboxSettings = Field(
+        default_factory=SandboxSettings,
+        description="the sandbox in which environments that run code (the code environment) "
+        "score responses: OPSD_SANDBOX__BACKEND, __IMAGE, __WORKERS, ...; an environment's "
+        "config may name its own backend and sets its own workers and limits",
+    )
 
     @property
     def trains_in_process(self) -> bool:

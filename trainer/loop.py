@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from envs.registry import make_env
+from sandbox.base import SandboxSettings
 from trainer.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -50,9 +51,18 @@ class Session:
     learner: Learner | None
 
     @classmethod
-    def open(cls, cfg: RunConfig, device: str | None = None, *, train: bool = True) -> Session:
-        """Load the environment and the policy; `train=False` for a sampling-only copy."""
-        env = make_env(cfg.env, cfg.env_config)  # fails fast, before the model loads
+    def open(
+        cls,
+        cfg: RunConfig,
+        device: str | None = None,
+        *,
+        train: bool = True,
+        sandbox: SandboxSettings | None = None,
+    ) -> Session:
+        """Load the environment and the policy; `train=False` for a sampling-only copy.
+        `sandbox`: the service's sandbox settings, for environments that run code."""
+        # the environment first: a bad config fails fast, before the model loads
+        env = make_env(cfg.env, cfg.env_config, sandbox=sandbox)
         torch.manual_seed(cfg.seed)
         policy, tokenizer = load_policy(cfg.model, lora=cfg.lora, device=pick_device(device))
         return cls(

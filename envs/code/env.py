@@ -7,6 +7,10 @@ run concurrently (`run_many`). The sandbox starts on the first `score` and is re
 A sandbox belongs to one event loop, and the trainer scores each step in its own
 `asyncio.run`, so the environment's own sandbox lives on a private event-loop thread
 and outlives the callers' loops. A sandbox passed in is used on the caller's loop.
+
+Which backend the own sandbox uses: the config's `sandbox_backend` when set, else the
+service's sandbox settings (`sandbox_settings`, from OPSD_SANDBOX__* via
+envs.registry.make_env), else bwrap. Its width and limits are always the config's.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from envs.code.extract import extract_code
 from envs.code.judge import Outcome, clip, feedback_for, judge, program_for
 from envs.code.problems import generate
 from envs.code.sources import humaneval_available, load_humaneval, load_jsonl
-from sandbox import ExecutionRecord, Limits, Program, Sandbox, make_sandbox
+from sandbox import (
+    ExecutionRecord,
+    Limits,
+    Program,
+    Sandbox,
+    SandboxSettings,
+    sandbox_from_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +56,11 @@ class CodeConfig(EnvConfig):
     source: Literal["generated", "humaneval", "jsonl"] = "generated"
     path: Path | None = Field(None, description="problem file (JSONL) when source is jsonl")
     reward: Literal["fraction", "all_or_nothing"] = "fraction"
-    sandbox_backend: Literal["bwrap", "docker", "process"] = "bwrap"
+    sandbox_backend: Literal["bwrap", "docker", "process"] | None = Field(
+        None,
+        description="None: the service's sandbox settings (OPSD_SANDBOX__*; bwrap when none "
+        "are given); a name here wins over them",
+    )
     workers: int = Field(4, ge=1, le=256, description="sandbox runs at once")
     wall_seconds: float = Field(5.0, gt=0, le=600)
     cpu_seconds: float = Field(2.0, gt=0, le=600)
@@ -104,8 +119,15 @@ class CodeEnv:
     name = "code"
     Config = CodeConfig
 
-    def __init__(self, config: CodeConfig | None = None, sandbox: Sandbox | None = None) -> None:
+    def __init__(
+        self,
+        config: CodeConfig | None = None,
+        sandbox: Sandbox | None = None,
+        *,
+        sandbox_settings: SandboxSettings | None = None,
+    ) -> None:
         self.config = config or CodeConfig()
+        self._service_sandbox = sandbox_settings
         self._box: Sandbox | None = sandbox
         self._owns_box = sandbox is None
         self._thread: _LoopThread | None = None
@@ -131,15 +153,25 @@ class CodeEnv:
     def dataset(self, split: Split) -> Sequence[Task]:
         return self._splits[split]
 
+    @property
+    def sandbox_settings(self) -> SandboxSettings:
+        """What this environment's own sandbox is built from: the service's settings (or
+        the defaults), with the config's backend when it names one, its workers and limits."""
+        c = self.config
+        base = self._service_sandbox or SandboxSettings()
+        backend = c.sandbox_backend or base.backend
+        return base.model_copy(
+            update={"backend": backend, "workers": c.workers, "limits": c.limits}
+        )
+
     async def _run_many(self, programs: list[Program]) -> list[ExecutionRecord]:
         limits = self.config.limits
         if not self._owns_box:
             return await self._box.run_many(programs, limits)
         with self._lock:
-            if self._thread is None:
+            if self._thread is None:  # the sandbox first: a backend that cannot start raises
+                self._box = sandbox_from_settings(self.sandbox_settings)
                 self._thread = _LoopThread()
-                c = self.config
-                self._box = make_sandbox(c.sandbox_backend, workers=c.workers, limits=limits)
             thread, box = self._thread, self._box
         return await thread.call(box.run_many(programs, limits))
 

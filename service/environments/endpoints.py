@@ -74,5 +74,6 @@ async def try_environment(name: EnvName, body: TryRequest, services: ServicesDep
         name,
         body,
         services.settings.device,
+        services.settings.sandbox,
     )
     return TryResult(items=[TryItem.model_validate(t) for t in tried])

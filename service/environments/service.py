@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from envs.base import Environment as EnvironmentImpl
 from envs.base import Split
 from envs.registry import InvalidEnvConfig, UnknownEnvironment, available, env_class, make_env
+from sandbox.base import SandboxSettings
 from service.api.errors import ModelUnavailable
 from service.environments.schemas import Environment, EnvironmentCreate, TryRequest
 from service.storage import AlreadyExists, NotFound, Repository
@@ -256,12 +257,18 @@ async def close_env(env: EnvironmentImpl) -> None:
 
 
 def try_named(
-    repo: Repository, policies: PolicyCache, name: str, request: TryRequest, device: str | None
+    repo: Repository,
+    policies: PolicyCache,
+    name: str,
+    request: TryRequest,
+    device: str | None,
+    sandbox: SandboxSettings | None = None,
 ) -> list[TriedResponse]:
-    """`try_environment` on a registered instance or kind, with a cached policy (blocking)."""
+    """`try_environment` on a registered instance or kind, with a cached policy (blocking);
+    an environment that runs code uses the sandbox settings `sandbox` (the service's)."""
     described = get_environment(repo, name)
     policy, tokenizer = policies.get(request.model, device)
-    env = make_env(described.kind, described.config)
+    env = make_env(described.kind, described.config, sandbox=sandbox)
     return try_environment(
         env,
         policy,

@@ -16,7 +16,8 @@ from envs.code import CodeConfig, CodeEnv, extract_code
 from envs.code.env import MISSING_CODE, TRUNCATED
 from envs.code.judge import FEEDBACK_CHARS
 from envs.registry import make_env
-from sandbox import make_sandbox, unavailable
+from sandbox import Limits, SandboxSettings, make_sandbox, unavailable
+from sandbox.process import ProcessSandbox
 
 why = unavailable("bwrap")
 if why and "bwrap" in os.environ.get("OPSD_SANDBOX_REQUIRE", ""):
@@ -79,7 +80,8 @@ def plain_env(**config) -> CodeEnv:
 def test_code_env_is_registered_and_satisfies_the_protocol():
     env = make_env("code", {"eval_size": 8})
     assert isinstance(env, Environment)
-    assert env.config.sandbox_backend == "bwrap"
+    assert env.config.sandbox_backend is None  # the service's choice, else bwrap
+    assert env.sandbox_settings.backend == "bwrap"
 
 
 def test_extraction_takes_the_last_python_block():
@@ -233,3 +235,37 @@ def test_the_own_sandbox_starts_lazily_survives_event_loops_and_is_closed():
     assert asyncio.run(use_and_close()).verdict is Verdict.ok
     assert env._box is None and env._thread is None
     assert box._closed
+
+
+def test_without_service_settings_the_own_sandbox_is_bwrap_with_the_configs_width_and_limits():
+    env = plain_env(workers=3, wall_seconds=1.5, memory_mb=64)
+    assert env.sandbox_settings == SandboxSettings(
+        backend="bwrap", workers=3, limits=env.config.limits
+    )
+
+
+def test_the_service_sandbox_settings_choose_the_backend_and_the_config_keeps_width_and_limits():
+    service = SandboxSettings(
+        backend="docker", image="my-sandbox:1", workers=64, limits=Limits(wall_seconds=30)
+    )
+    env = make_env("code", {"workers": 2, "wall_seconds": 1.0}, sandbox=service)
+    built = env.sandbox_settings
+    assert (built.backend, built.image, built.workers) == ("docker", "my-sandbox:1", 2)
+    assert built.limits == env.config.limits and built.limits.wall_seconds == 1.0
+
+
+def test_a_backend_named_in_the_env_config_wins_over_the_service_settings():
+    service = SandboxSettings(backend="process", ro_binds=["/opt/toolchain"])
+    env = make_env("code", {"sandbox_backend": "bwrap"}, sandbox=service)
+    assert env.sandbox_settings.backend == "bwrap"
+    assert env.sandbox_settings.ro_binds == ["/opt/toolchain"]  # the rest still applies
+
+
+def test_the_code_env_scores_in_the_backend_the_service_settings_name():
+    env = make_env("code", {"workers": 1}, sandbox=SandboxSettings(backend="process"))
+    try:
+        s = asyncio.run(env.score(SUM_TASK, SUM_OK))
+        assert (s.reward, s.verdict) == (1.0, Verdict.ok)
+        assert isinstance(env._box, ProcessSandbox) and env._box.settings.workers == 1
+    finally:
+        env.close()

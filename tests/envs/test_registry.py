@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 import envs
+from envs import registry
 from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
-from envs.base import Environment, Verdict
+from envs.base import EnvConfig, Environment, Verdict
+from envs.code import CodeEnv
 from envs.registry import (
     BUILTIN,
     ENTRY_POINT_GROUP,
@@ -31,7 +33,9 @@ from envs.registry import (
     config_schema,
     env_class,
     make_env,
+    takes_sandbox_settings,
 )
+from sandbox import SandboxSettings
 
 README = Path(envs.__file__).parent / "README.md"
 
@@ -75,6 +79,31 @@ def test_unknown_environment_raises_and_lists_the_known_names():
 def test_invalid_config_raises_invalid_env_config_naming_the_environment(config):
     with pytest.raises(InvalidEnvConfig, match="arithmetic"):
         make_env("arithmetic", config)
+
+
+class CodeRunningProbe:
+    """An environment that runs code: it takes the service's `sandbox_settings`."""
+
+    name = "probe"
+    Config = EnvConfig
+
+    def __init__(self, config: EnvConfig, *, sandbox_settings: SandboxSettings | None = None):
+        self.config, self.sandbox_settings = config, sandbox_settings
+
+
+def test_make_env_hands_the_sandbox_settings_to_environments_that_take_them(monkeypatch):
+    monkeypatch.setattr(registry, "env_class", lambda name: CodeRunningProbe)
+    service = SandboxSettings(backend="process", workers=2)
+    assert make_env("probe", sandbox=service).sandbox_settings is service
+    assert make_env("probe").sandbox_settings is None  # plain library use: its own defaults
+    assert takes_sandbox_settings(CodeEnv) and takes_sandbox_settings(CodeRunningProbe)
+
+
+def test_an_environment_without_a_sandbox_is_built_as_before_when_settings_are_given():
+    assert not takes_sandbox_settings(ArithmeticEnv)
+    env = make_env("arithmetic", {"eval_size": 3}, sandbox=SandboxSettings(backend="process"))
+    assert isinstance(env, ArithmeticEnv) and env.config == ArithmeticConfig(eval_size=3)
+    assert env.dataset("eval") == make_env("arithmetic", {"eval_size": 3}).dataset("eval")
 
 
 def test_config_schema_is_the_json_schema_of_the_config_model():

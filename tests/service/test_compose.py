@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from sandbox.base import SandboxSettings
@@ -147,14 +148,46 @@ def test_every_opsd_variable_in_compose_is_a_setting():
         for service in load(file)["services"].values():
             names |= {k for k in environment(service) if k.startswith("OPSD_")}
     assert {"OPSD_DATABASE_URL", "OPSD_REDIS_URL", "OPSD_API_TOKEN"} <= names
-    delimiter = Settings.model_config.get("env_nested_delimiter")
     for name in names:
-        field, *nested = name.removeprefix("OPSD_").lower().split("__")
-        assert field in Settings.model_fields, name
-        if nested:  # OPSD_SANDBOX__BACKEND: Settings.sandbox, a SandboxSettings, read with "__"
-            assert delimiter == "__", name
-            annotation = Settings.model_fields[field].annotation
-            assert annotation is SandboxSettings and nested[0] in annotation.model_fields, name
+        assert_setting(name)
+
+
+def assert_setting(name: str) -> None:
+    """`name` is a field of Settings; OPSD_SANDBOX__LIMITS__WALL_SECONDS is the field
+    Settings.sandbox.limits.wall_seconds, read with the "__" nested delimiter."""
+    *outer, last = name.removeprefix("OPSD_").lower().split("__")
+    if outer:
+        assert Settings.model_config.get("env_nested_delimiter") == "__", name
+    model: type[BaseModel] = Settings
+    for part in outer:
+        assert part in model.model_fields, name
+        model = model.model_fields[part].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel), name
+    assert last in model.model_fields, name
+
+
+def test_the_api_reads_its_sandbox_settings_from_opsd_sandbox_variables(services, monkeypatch):
+    sandbox_env = {
+        k: v for k, v in environment(services["api"]).items() if k.startswith("OPSD_SANDBOX__")
+    }
+    assert {"OPSD_SANDBOX__BACKEND", "OPSD_SANDBOX__WORKERS"} <= set(sandbox_env)
+    for name, value in sandbox_env.items():
+        monkeypatch.setenv(name, value)
+    sandbox = Settings().sandbox
+    assert isinstance(sandbox, SandboxSettings) and sandbox.backend == "bwrap"
+    assert sandbox.workers == int(sandbox_env["OPSD_SANDBOX__WORKERS"])
+    assert not any(k.startswith("OPSD_SANDBOX") for k in environment(services["worker"]))
+
+
+def test_the_commented_docker_switch_names_real_settings(monkeypatch):
+    switch = re.findall(
+        r"^\s*#\s+(OPSD_SANDBOX__\w+): (\S+)$", (ROOT / "compose.yaml").read_text(), re.M
+    )
+    assert dict(switch).get("OPSD_SANDBOX__BACKEND") == "docker"
+    for name, value in switch:
+        assert_setting(name)
+        monkeypatch.setenv(name, value)
+    assert Settings().sandbox.backend == "docker"
 
 
 def test_every_service_command_is_an_opsd_command(services):

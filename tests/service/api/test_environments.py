@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from envs.registry import make_env
+from sandbox import SandboxSettings
+from service.environments import service as env_service
+from service.settings import Settings
+
 from .helpers import error_of
 
 NEW_ENV = {"name": "arith-small", "kind": "arithmetic", "config": {"high": 29}}
@@ -116,6 +121,27 @@ def test_try_samples_and_scores_with_the_tiny_model(sqlite_client):
     response = sqlite_client.post("/v1/environments/arithmetic/try", json={"split": "eval"})
     assert response.status_code == 200
     assert len(response.json()["items"]) == 2 * 2
+
+
+def test_try_builds_a_code_environment_with_the_services_sandbox_settings(
+    tmp_path, make_client, monkeypatch
+):
+    """Plumbing: the tiny model writes no code, so nothing reaches the sandbox; the test
+    looks at the environment `try` built (a spy around the real make_env)."""
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(make_env(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(env_service, "make_env", spy)
+    sandbox = SandboxSettings(backend="process", image="unused:1")
+    client = make_client(Settings(data_dir=tmp_path, device="cpu", sandbox=sandbox))
+    body = {"model": "tiny", "tasks": 1, "samples_per_prompt": 1, "max_new_tokens": 8}
+    response = client.post("/v1/environments/code/try", json=body)
+    assert response.status_code == 200, response.text
+    assert built[0].sandbox_settings.backend == "process"
+    assert built[0].sandbox_settings.image == "unused:1"
 
 
 def test_try_on_an_unknown_environment_is_404(sqlite_client):
