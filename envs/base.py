@@ -2,7 +2,8 @@
 
 An environment is a dataset of tasks plus `score`, which judges one response and
 says why: a reward, a verdict, and feedback text the teacher can read.
-Multi-turn environments add `step` (see envs/tools).
+Multi-turn environments (envs/tools) set `multi_turn = True` and add `start(task)`, an
+episode that answers each model turn (`step`) and judges the whole (`finish`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ ENTRY_POINT_GROUP = "opsd.envs"
 BUILTIN: dict[str, str] = {
     "arithmetic": "envs.arithmetic:ArithmeticEnv",
     "code": "envs.code:CodeEnv",
+    "lookup": "envs.tools.lookup:LookupEnv",
+    "code_tools": "envs.tools.code_tools:CodeToolsEnv",
+    "calculator": "envs.tools.calculator:CalculatorEnv",
 }
 
 

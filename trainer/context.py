@@ -122,15 +122,20 @@ def render_teacher_texts(
     return [None if s is None else _render(prompt, s, cfg) for s in chosen]
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
+def encode_prompt(tokenizer, text: str, tools: Sequence[dict] | None = None) -> list[int]:
     """Token ids of a prompt, encoded exactly the same way for student and teacher.
 
-    With a chat template: one user turn plus the generation prompt. Without one: the
-    plain tokens preceded by `bos_token_id` when the tokenizer has one.
+    With a chat template: one user turn plus the generation prompt, with the `tools`
+    schemas (`{"type": "function", "function": {...}}`) when given. Without one: the
+    plain tokens preceded by `bos_token_id` when the tokenizer has one (`tools` unused:
+    a plain prompt describes its tools in its own text).
     """
     if getattr(tokenizer, "chat_template", None):
         out = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            [{"role": "user", "content": text}],
+            tools=list(tools) if tools else None,
+            add_generation_prompt=True,
+            tokenize=True,
         )
         if isinstance(out, Mapping):  # transformers 5.x returns a BatchEncoding
             out = out["input_ids"]
@@ -156,12 +161,17 @@ class TeacherContextBuilder:
     `max_reprompt_tokens` tokens of the untruncated context are kept.
     """
 
-    def __init__(self, tokenizer, cfg: ContextConfig):
+    def __init__(self, tokenizer, cfg: ContextConfig, tools: Sequence[dict] | None = None):
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self.tools = list(tools) if tools else None  # tool schemas for the chat template
+
+    def with_tools(self, tools: Sequence[dict]) -> TeacherContextBuilder:
+        """The same builder, rendering student and teacher prompts with these tool schemas."""
+        return TeacherContextBuilder(self.tokenizer, self.cfg, tools)
 
     def encode(self, text: str) -> list[int]:
-        return encode_prompt(self.tokenizer, text)
+        return encode_prompt(self.tokenizer, text, self.tools)
 
     def student_prompt_ids(self, prompt: str) -> list[int]:
         return self.encode(prompt)

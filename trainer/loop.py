@@ -28,6 +28,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
+from trainer.episodes import collect_episodes, episode_stats, greedy_episode_accuracy
 from trainer.model import load_policy, pick_device
 from trainer.rollout import collect, greedy_accuracy
 from trainer.sampler import TransformersSampler
@@ -75,10 +76,16 @@ class Session:
             learner=Learner(policy, tokenizer.pad_token_id, cfg) if train else None,
         )
 
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the environment plays episodes of tool calls (envs/tools)."""
+        return bool(getattr(self.env, "multi_turn", False))
+
     def evaluate(self) -> float:
         tasks = list(self.env.dataset("eval"))[: self.cfg.eval.size]
         max_new = self.cfg.eval.max_new_tokens or self.cfg.sampling.max_new_tokens
-        return greedy_accuracy(
+        evaluate = greedy_episode_accuracy if self.multi_turn else greedy_accuracy
+        return evaluate(
             self.env,
             tasks,
             sampler=self.sampler,
@@ -88,7 +95,9 @@ class Session:
         )
 
     def rollout(self, tasks, policy_version: int):
-        return collect(
+        """One step's groups: single-turn responses, or episodes for a multi-turn env."""
+        sample = collect_episodes if self.multi_turn else collect
+        return sample(
             self.env,
             tasks,
             sampler=self.sampler,
@@ -196,6 +205,7 @@ def train(
                 "samples_seen": step * samples_per_step,
                 "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples)
                 / len(batch.samples),
+                **episode_stats(rollouts),
                 **result.metrics,
                 "step_seconds": time.monotonic() - step_began,
             }

@@ -3,6 +3,7 @@
 `collect` takes tasks, samples G responses per task with the current policy, has
 the environment score them, builds each sample's teacher prompt from the group's
 feedback and returns a trainable `Batch` plus a readable record of every rollout.
+`assemble` is the part shared with multi-turn episodes (trainer/episodes.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Rollout:
     feedback: str | None
     teacher_context: str | None
     truncated: bool
+    metrics: dict | None = None  # multi-turn episodes: {"turns", "tool_calls", "tool_errors"}
 
 
 def run_async(coro):
@@ -49,6 +51,79 @@ async def score_all(
     )
 
 
+@dataclass
+class Scored:
+    """One sampled response before it joins its group: tokens, text and judgement."""
+
+    response_ids: list[int]
+    logprobs: list[float]  # one per response token; 0.0 at environment tokens
+    truncated: bool
+    text: str  # what the environment judged (a whole transcript for an episode)
+    score: Score
+    mask: list[int] | None = None  # 1 = model token, 0 = environment token; None = all 1
+    metrics: dict | None = None  # per-episode counts (turns, tool_calls, tool_errors)
+
+
+def assemble(
+    tasks: Sequence[Task],
+    prompts: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    scored: Sequence[Scored],
+    *,
+    builder: TeacherContextBuilder,
+    tokenizer,
+    group_size: int,
+    use_ground_truth: bool,
+    policy_version: int,
+) -> tuple[Batch, list[Rollout]]:
+    """Build each group's teacher prompts from its judged attempts (ALGORITHM.md section 3)
+    and lay out the trainable `Batch` and the readable rollouts.
+
+    Per task (P of them): the student prompt text and its ids (`builder` encodes the
+    teacher prompts the same way); `scored` holds G = group_size responses per task,
+    group-contiguous.
+    """
+    samples: list[Sample] = []
+    rollouts: list[Rollout] = []
+    for g, task in enumerate(tasks):
+        members = scored[g * group_size : (g + 1) * group_size]
+        attempts = [Attempt(r.text, r.score.reward, r.score.feedback) for r in members]
+        teacher_ids = builder.teacher_prompt_ids(
+            prompts[g],
+            attempts,
+            ground_truth=task.reference if use_ground_truth else None,
+            demonstration=task.demonstration,
+        )
+        for r, t_ids in zip(members, teacher_ids, strict=True):
+            samples.append(
+                Sample(
+                    prompt_ids=prompt_ids[g],
+                    response_ids=r.response_ids,
+                    sampler_logprobs=r.logprobs,
+                    reward=r.score.reward,
+                    truncated=r.truncated,
+                    teacher_prompt_ids=t_ids,
+                    response_mask=r.mask,
+                )
+            )
+            rollouts.append(
+                Rollout(
+                    task_id=task.id,
+                    prompt=prompts[g],
+                    response=r.text,
+                    reward=r.score.reward,
+                    verdict=str(r.score.verdict),
+                    feedback=r.score.feedback,
+                    teacher_context=tokenizer.decode(t_ids, skip_special_tokens=True)
+                    if t_ids
+                    else None,
+                    truncated=r.truncated,
+                    metrics=r.metrics,
+                )
+            )
+    return Batch(samples, group_size, policy_version), rollouts
+
+
 def collect(
     env: Environment,
     tasks: Sequence[Task],
@@ -61,51 +136,28 @@ def collect(
     use_ground_truth: bool = False,
     policy_version: int = 0,
 ) -> tuple[Batch, list[Rollout]]:
+    """Sample G single-turn responses per task, score them, build the teacher prompts."""
     prompt_ids = [builder.student_prompt_ids(t.prompt) for t in tasks]
     completions = sampler.sample(prompt_ids, group_size, sampling)
     flat_tasks = [t for t in tasks for _ in range(group_size)]
     flat = [c for group in completions for c in group]
     texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in flat]
     scores = run_async(score_all(env, flat_tasks, texts))
-
-    samples: list[Sample] = []
-    rollouts: list[Rollout] = []
-    for g, task in enumerate(tasks):
-        members = range(g * group_size, (g + 1) * group_size)
-        attempts = [Attempt(texts[i], scores[i].reward, scores[i].feedback) for i in members]
-        teacher_ids = builder.teacher_prompt_ids(
-            task.prompt,
-            attempts,
-            ground_truth=task.reference if use_ground_truth else None,
-            demonstration=task.demonstration,
-        )
-        for i, t_ids in zip(members, teacher_ids, strict=True):
-            c, score = flat[i], scores[i]
-            samples.append(
-                Sample(
-                    prompt_ids=prompt_ids[g],
-                    response_ids=c.token_ids,
-                    sampler_logprobs=c.logprobs,
-                    reward=score.reward,
-                    truncated=c.truncated,
-                    teacher_prompt_ids=t_ids,
-                )
-            )
-            rollouts.append(
-                Rollout(
-                    task_id=task.id,
-                    prompt=task.prompt,
-                    response=texts[i],
-                    reward=score.reward,
-                    verdict=str(score.verdict),
-                    feedback=score.feedback,
-                    teacher_context=tokenizer.decode(t_ids, skip_special_tokens=True)
-                    if t_ids
-                    else None,
-                    truncated=c.truncated,
-                )
-            )
-    return Batch(samples, group_size, policy_version), rollouts
+    scored = [
+        Scored(c.token_ids, c.logprobs, c.truncated, text, score)
+        for c, text, score in zip(flat, texts, scores, strict=True)
+    ]
+    return assemble(
+        tasks,
+        [t.prompt for t in tasks],
+        prompt_ids,
+        scored,
+        builder=builder,
+        tokenizer=tokenizer,
+        group_size=group_size,
+        use_ground_truth=use_ground_truth,
+        policy_version=policy_version,
+    )
 
 
 def greedy_accuracy(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.batch import Batch, build_sequences, response_tensors
+from trainer.batch import Batch, Sample, build_sequences, response_tensors
 from trainer.config import OptimConfig, RunConfig
 from trainer.losses import LossInputs, policy_loss
 from trainer.model import pick_dtype
@@ -34,10 +34,20 @@ def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return 1.0 - progress
 
 
+def model_token_values(row: list[float], sample: Sample) -> list[float | None]:
+    """One sample's per-token values cut to its response, None at environment tokens
+    (response_mask 0: the loss never sees them, so neither does the record)."""
+    values = row[: len(sample.response_ids)]
+    if sample.response_mask is None:
+        return values
+    return [v if m else None for v, m in zip(values, sample.response_mask, strict=True)]
+
+
 @dataclass
 class StepResult:
     metrics: dict[str, float]
-    log_ratios: list[list[float]]  # per sample, per response token: log q(y_t) - log pi(y_t)
+    # per sample, per response token: log q(y_t) - log pi(y_t); None at environment tokens
+    log_ratios: list[list[float | None]]
 
 
 class Learner:
@@ -71,7 +81,7 @@ class Learner:
         self.policy.train()
         micro_batches = batch.split(self.cfg.optim.grad_accumulation)
         totals: dict[str, float] = {}
-        log_ratios: list[list[float]] = []
+        log_ratios: list[list[float | None]] = []
         for micro in micro_batches:
             share = len(micro.samples) / len(batch.samples)
             loss, metrics, log_ratio = self._loss(micro)
@@ -79,7 +89,7 @@ class Learner:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v * share
             log_ratios += [
-                row[: len(s.response_ids)]
+                model_token_values(row, s)
                 for row, s in zip(log_ratio.tolist(), micro.samples, strict=True)
             ]
         if self.cfg.optim.grad_clip is not None:

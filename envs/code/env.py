@@ -164,7 +164,9 @@ class CodeEnv:
             update={"backend": backend, "workers": c.workers, "limits": c.limits}
         )
 
-    async def _run_many(self, programs: list[Program]) -> list[ExecutionRecord]:
+    async def run_programs(self, programs: list[Program]) -> list[ExecutionRecord]:
+        """Run programs in this environment's sandbox under its limits (the tests of a
+        response; also the `python` tool of envs/tools)."""
         limits = self.config.limits
         if not self._owns_box:
             return await self._box.run_many(programs, limits)
@@ -218,7 +220,7 @@ class CodeEnv:
         cases = task.data["tests"]
         entry = task.data.get("entry_point")
         programs = [program_for(case, code, entry) for case in cases]
-        records = await self._run_many(programs)
+        records = await self.run_programs(programs)
         if broken := [r for r in records if r.verdict == "sandbox_error"]:
             log.warning("code env: sandbox error on %s: %s", task.id, broken[0].message)
             return Score(0.0, Verdict.sandbox_error, None, {"message": broken[0].message})

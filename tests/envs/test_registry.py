@@ -1,11 +1,12 @@
 """The environment registry: built-ins, configuration errors, and `opsd.envs` entry points.
 
-The entry-point test builds a real package around the example environment of
-envs/README.md (the first ```python block, extracted verbatim so the docs stay
-correct) and installs it with pip. It is installed with `--target` into a temporary
-directory put on sys.path rather than into site-packages: discovery goes through the
-same `.dist-info/entry_points.txt` that `importlib.metadata` reads for any installed
-package, while other processes sharing this Python never see the test package.
+The entry-point test builds a real package around the two example environments of
+envs/README.md (the first ```python block, and the first after "A tool environment in
+one short file", extracted verbatim so the docs stay correct) and installs it with
+pip. It is installed with `--target` into a temporary directory put on sys.path rather
+than into site-packages: discovery goes through the same `.dist-info/entry_points.txt`
+that `importlib.metadata` reads for any installed package, while other processes
+sharing this Python never see the test package.
 """
 
 from __future__ import annotations
@@ -35,14 +36,18 @@ from envs.registry import (
     make_env,
     takes_sandbox_settings,
 )
+from envs.tools import format_call, observation
 from sandbox import SandboxSettings
 
 README = Path(envs.__file__).parent / "README.md"
 
 
-def readme_example() -> str:
-    match = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-    assert match, "envs/README.md has no ```python block"
+def readme_example(after: str = "") -> str:
+    """The first ```python block of envs/README.md after the heading `after`."""
+    text = README.read_text()
+    start = text.index(f"## {after}\n") if after else 0
+    match = re.compile(r"```python\n(.*?)```", re.DOTALL).search(text, start)
+    assert match, f"envs/README.md has no ```python block after {after!r}"
     return match.group(1)
 
 
@@ -120,13 +125,19 @@ def test_config_schema_of_an_unknown_environment_raises():
         config_schema("no-such-env")
 
 
+TOOL_EXAMPLE = "A tool environment in one short file"
+EXAMPLE_MODULES = ("opsd_echo_env", "opsd_weekday_env")
+
+
 @pytest.fixture
 def echo_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The README example as a package declaring an `opsd.envs` entry point, pip-installed
-    into tmp_path/site and put on sys.path; taken off sys.path and sys.modules afterwards."""
+    """The README examples as one package declaring two `opsd.envs` entry points,
+    pip-installed into tmp_path/site and put on sys.path; taken off sys.path and
+    sys.modules afterwards."""
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "opsd_echo_env.py").write_text(readme_example())
+    (pkg / "opsd_weekday_env.py").write_text(readme_example(TOOL_EXAMPLE))
     (pkg / "pyproject.toml").write_text(
         textwrap.dedent(
             f"""\
@@ -140,9 +151,10 @@ def echo_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
             [project.entry-points."{ENTRY_POINT_GROUP}"]
             echo = "opsd_echo_env:EchoEnv"
+            weekday = "opsd_weekday_env:WeekdayEnv"
 
             [tool.setuptools]
-            py-modules = ["opsd_echo_env"]
+            py-modules = ["opsd_echo_env", "opsd_weekday_env"]
             """
         )
     )
@@ -154,11 +166,13 @@ def echo_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         capture_output=True,
         timeout=120,
     )
-    assert "echo" not in available()  # nothing is found before it is on the path
+    assert not {"echo", "weekday"} & set(available())  # nothing is found before it is on the path
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delitem(sys.modules, "opsd_echo_env", raising=False)
+    for module in EXAMPLE_MODULES:
+        monkeypatch.delitem(sys.modules, module, raising=False)
     yield site
-    sys.modules.pop("opsd_echo_env", None)
+    for module in EXAMPLE_MODULES:
+        sys.modules.pop(module, None)
 
 
 def test_environment_from_an_installed_package_entry_point_is_found_and_built(echo_package):
@@ -182,6 +196,33 @@ def test_environment_from_an_installed_package_entry_point_is_found_and_built(ec
 
     with pytest.raises(InvalidEnvConfig, match="echo"):
         make_env("echo", {"eval_size": 0})
+
+
+def test_tool_environment_from_an_installed_package_plays_an_episode(echo_package):
+    assert available()["weekday"] == "opsd_weekday_env:WeekdayEnv"
+    env = make_env("weekday", {"eval_size": 8, "max_turns": 3})
+    assert str(echo_package) in sys.modules["opsd_weekday_env"].__file__
+    assert isinstance(env, Environment) and env.multi_turn
+    assert {"eval_size", "seed", "max_turns", "describe_tools"} <= set(
+        config_schema("weekday")["properties"]
+    )
+    eval_tasks, train_tasks = env.dataset("eval"), env.dataset("train")
+    assert len(eval_tasks) == 8 and not {t.id for t in eval_tasks} & {t.id for t in train_tasks}
+    [weekday] = env.tools()
+    assert weekday.schema()["function"]["parameters"]["required"] == ["date"]
+
+    task = train_tasks[0]
+    call = format_call("weekday", {"date": task.id})
+    right = f"{call}{observation(task.reference)}It was a {task.reference}."
+    score = asyncio.run(env.score(task, right))
+    assert (score.reward, score.verdict, score.feedback) == (1.0, Verdict.ok, None)
+    assert score.details["metrics"] == {"turns": 2, "tool_calls": 1, "tool_errors": 0}
+
+    bad_date = format_call("weekday", {"date": "1900-02-30"})
+    wrong = asyncio.run(env.score(task, f"{bad_date}\nSunday Monday"))
+    assert (wrong.reward, wrong.verdict) == (0.0, Verdict.wrong_answer)
+    assert task.reference in wrong.feedback and "Tool errors: weekday: ValueError" in wrong.feedback
+    assert wrong.details["metrics"] == {"turns": 2, "tool_calls": 1, "tool_errors": 1}
 
 
 def test_environment_verdicts_extend_the_sandbox_verdicts():
