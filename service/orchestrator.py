@@ -36,6 +36,7 @@ from service.storage import Repository, RunStatus
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_path, latest_checkpoint
 from trainer.config import RunConfig
+from trainer.episodes import episode_stats
 from trainer.loop import Session
 from trainer.rollout import Rollout
 from trainer.worker import is_milestone
@@ -162,7 +163,10 @@ class RunDriver:
     async def _loop(self, cfg: RunConfig) -> None:
         train_tasks = list(self.session.env.dataset("train"))
         next_step = await asyncio.to_thread(self.repo.last_batch_step, self.run_id) + 1
-        if await self.bus.ensure_group(self.key, TRAINERS) and next_step > 1:
+        await self.bus.ensure_group(self.key, TRAINERS)
+        if next_step > 1:
+            # Also with the stream intact: the previous process may have died between
+            # keeping a batch in the record and publishing it (duplicates are skipped).
             await republish_untrained(self.repo, self.bus, self.run_id)
         last_check = time.monotonic()
         while True:
@@ -225,6 +229,7 @@ class RunDriver:
             "samples_seen": step * cfg.prompts_per_step * group,
             "policy_lag": step - 1 - self.version,
             "sample_seconds": time.monotonic() - began,
+            **episode_stats(rollouts),  # turns_mean, tool_calls_mean, ... for episodes
         }
         payload = encode_batch(batch)
         await asyncio.to_thread(

@@ -103,7 +103,10 @@ class Worker:
         """Take this run's new and stale deliveries and train whatever is next in order."""
         key = str(run_id)
         try:
-            await self.bus.ensure_group(key, TRAINERS)
+            if await self.bus.ensure_group(key, TRAINERS):
+                # The group had to be created: the stream was lost (Redis flushed) and
+                # what it held must come back from the record, as for StreamLost.
+                raise StreamLost(key, TRAINERS)
             idle_ms = int(self.settings.claim_idle_s * 1000)
             got = await self.bus.claim_stale(key, TRAINERS, self.worker_id, idle_ms, count=16)
             got += await self.bus.read_batches(
@@ -144,8 +147,19 @@ class Worker:
             step = min(held)
             if step > trainer.step + 1 and trainer.outcome_of(held[step][0].batch_id) is None:
                 return  # an earlier batch is still on its way (or with another worker)
+            if step == trainer.step + 1 and not await self._recorded(run_id, trainer):
+                # The latest checkpoint's step is not in the record (its worker died in
+                # between): its batch comes back (claimed or re-published) and is recorded
+                # from the checkpoint first; training past it would make it out of order.
+                return
             delivery, row = held.pop(step)
             await self._handle(run_id, trainer, delivery, row)
+
+    async def _recorded(self, run_id: int, trainer: RunTrainer) -> bool:
+        """Is the step of the trainer's latest checkpoint in the record?"""
+        if trainer.last is None:
+            return True
+        return await asyncio.to_thread(self.repo.batch_recorded, run_id, trainer.last.batch_id)
 
     async def _trainer(self, run_id: int) -> RunTrainer:
         if run_id not in self.trainers:
@@ -161,21 +175,23 @@ class Worker:
         return self.trainers[run_id]
 
     async def _handle(
-        self, run_id: int, trainer: RunTrainer, delivery: Delivery, step: int
+        self, run_id: int, trainer: RunTrainer, delivery: Delivery, row: PendingBatch
     ) -> None:
         key = str(run_id)
         try:
             async with self.bus.lock(f"train:{run_id}", ttl_s=self.settings.claim_idle_s):
-                await self._train_and_record(run_id, trainer, delivery, step)
+                await self._train_and_record(run_id, trainer, delivery, row)
         except LockLost:
-            log.warning("run %d: the training lock expired during step %d", run_id, step)
+            log.warning("run %d: the training lock expired during step %d", run_id, row.step)
         await self.bus.ack(key, TRAINERS, delivery.message_id)
 
     async def _train_and_record(
         self, run_id: int, trainer: RunTrainer, delivery: Delivery, row: PendingBatch
     ) -> None:
         repo, step = self.repo, row.step
-        if row.trained:  # as of its delivery; record_step refuses a later duplicate too
+        # `row.trained` is as of the delivery: another worker may have recorded it since
+        # (and trained past it), so ask the record again now that we hold the lock.
+        if row.trained or await asyncio.to_thread(repo.batch_recorded, run_id, delivery.batch_id):
             log.info("run %d: batch %s already trained; skipped", run_id, delivery.batch_id)
             return
         await asyncio.to_thread(trainer.sync)

@@ -35,7 +35,7 @@ class StepOutcome:
     step: int
     batch_id: str
     metrics: dict[str, float]
-    log_ratios: list[list[float]]  # per sample, per response token
+    log_ratios: list[list[float | None]]  # per sample, per response token (None: env token)
     tokens: list[list[str]]  # the response tokens those log-ratios belong to
 
 

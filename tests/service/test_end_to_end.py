@@ -1,0 +1,165 @@
+"""One run end to end through HTTP, as a user drives it: a real uvicorn server (in a thread)
+serving `create_app(..., background=True)`, so the orchestrator and the trainer worker
+run inside it, and the typed `service.client.Client` on the other end.
+
+Embedded: a SQLite file and the in-process bus (the default, no setup). Distributed:
+Postgres and Redis, with the API process training too (`embedded_worker=True`).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.client import Client
+from service.settings import Settings
+from service.storage.migrate import upgrade
+
+from .conftest import REDIS_URL
+
+STEPS, PROMPTS, SAMPLES, EVAL_EVERY = 6, 2, 4, 3
+PER_STEP = PROMPTS * SAMPLES
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def api(request, tmp_path, postgres, redis_prefix) -> Iterator[Client]:
+    """A Client talking to a live server; the server stops (its lifespan closes) afterwards."""
+    if request.param == "embedded":
+        backends = {}
+    else:
+        url = postgres.create()
+        upgrade(url)  # Postgres is migrated by `opsd db upgrade`, never by the app
+        backends = {
+            "database_url": url,
+            "redis_url": REDIS_URL,
+            "bus_prefix": redis_prefix,
+            "embedded_worker": True,
+        }
+    settings = Settings(
+        data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5, **backends
+    )
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, background=True), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        assert time.monotonic() < deadline, "the server did not start within 60s"
+        time.sleep(0.02)
+    try:
+        with Client(f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the server did not shut down"
+
+
+def all_pages(api: Client, run_id: int, limit: int, **filters) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        page = api.list_trajectories(run_id, limit=limit, cursor=cursor, **filters)
+        assert len(page["items"]) <= limit
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def test_a_run_registered_started_and_followed_over_http_reports_everything_it_did(api):
+    env = api.register_environment("arith-small", "arithmetic", {"high": 29})
+    assert (env["name"], env["kind"], env["registered"]) == ("arith-small", "arithmetic", True)
+    run = api.create_run(
+        "arith-small",
+        model="tiny",
+        algorithm="sdpo",
+        steps=STEPS,
+        config={
+            "prompts_per_step": PROMPTS,
+            "samples_per_prompt": SAMPLES,
+            "eval": {"every": EVAL_EVERY, "size": 16},
+        },
+    )
+    run_id = run["id"]
+    assert run["status"] in ("queued", "running")
+
+    # -- the live events (SSE), followed until the run ends -------------------------------
+    events = list(api.events(run_id))
+    kinds = [event.kind for event in events]
+    assert kinds[0] == "started" and kinds[-1] == "completed", kinds
+    assert kinds.count("batch") == kinds.count("step") == STEPS
+    assert [e.payload["step"] for e in events if e.kind == "eval"] == [0, 3, 6]
+    assert [e.payload["step"] for e in events if e.kind == "step"] == list(range(1, STEPS + 1))
+    ids = [int(event.id) for event in events]
+    assert ids == sorted(set(ids)) and all(event.run_id == run_id for event in events)
+    replayed = list(api.events(run_id, after=ids[2]))  # what a reconnecting client gets
+    assert [int(event.id) for event in replayed] == ids[3:]
+
+    # -- the run --------------------------------------------------------------------------
+    done = api.get_run(run_id)
+    assert (done["status"], done["steps_done"], done["error"]) == ("completed", STEPS, None)
+    assert (done["environment"], done["model"]) == ("arith-small", "tiny")
+    assert done["algorithm"] == "sdpo"
+    assert done["samples_seen"] == STEPS * PER_STEP
+    assert done["eval"]["base"] is not None and done["eval"]["latest_step"] == STEPS
+    assert 0.0 <= done["eval"]["latest"] <= 1.0
+
+    # -- metrics --------------------------------------------------------------------------
+    series = api.run_metrics(run_id)
+    assert [step for step, _ in series["loss"]] == list(range(1, STEPS + 1))
+    assert [step for step, _ in series["eval_accuracy"]] == [0, 3, 6]
+    assert series["eval_accuracy"][0][1] == done["eval"]["base"]
+    assert {"reward_mean", "samples_seen", "grad_norm"} <= series.keys()
+
+    # -- trajectories, paged with cursors and filtered ------------------------------------
+    trajectories = all_pages(api, run_id, limit=5)
+    assert len(trajectories) == STEPS * PER_STEP
+    assert [t["id"] for t in trajectories] == sorted({t["id"] for t in trajectories})
+    assert {(t["step"], t["group_index"], t["sample_index"]) for t in trajectories} == {
+        (s, g, i) for s in range(1, STEPS + 1) for g in range(PROMPTS) for i in range(SAMPLES)
+    }
+    step_two = all_pages(api, run_id, limit=3, step=2)
+    assert [t["id"] for t in step_two] == [t["id"] for t in trajectories if t["step"] == 2]
+    wrong = [t for t in trajectories if t["verdict"] == "wrong_answer"]
+    assert wrong, "the tiny model answers some problems wrong"
+    assert all_pages(api, run_id, limit=7, verdict="wrong_answer") == wrong
+
+    # -- one wrong answer in full: feedback, teacher context, per-token scores ------------
+    full = api.get_trajectory(run_id, wrong[0]["id"])
+    assert full["feedback"] and full["teacher_context"]
+    # the teacher saw the prompt and the environment's feedback (ALGORITHM.md section 3)
+    assert full["prompt"] in full["teacher_context"]
+    assert full["feedback"] in full["teacher_context"]
+    scores = full["token_scores"]
+    assert scores, "a trained step records per-token log-ratios"
+    assert all(isinstance(s["token"], str) and isinstance(s["log_ratio"], float) for s in scores)
+    assert full["response"].strip() in "".join(s["token"] for s in scores)
+
+    # -- checkpoints at the milestones, loadable directories ------------------------------
+    checkpoints = api.list_checkpoints(run_id)
+    assert [c["step"] for c in checkpoints] == [3, 6]
+    for checkpoint in checkpoints:
+        assert (Path(checkpoint["path"]) / "model.safetensors").is_file()
+        assert (Path(checkpoint["path"]) / "config.json").is_file()
+
+    # -- health ---------------------------------------------------------------------------
+    ready = api.ready()
+    assert ready["status"] == "ready", ready
+    assert ready["checks"] == {"database": "ok", "bus": "ok", "worker": "ok"}
