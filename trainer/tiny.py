@@ -93,10 +93,11 @@ def hinted_context(task: Task, rng: random.Random, cfg: ContextConfig) -> str:
     return text
 
 
-def make_example(
-    task: Task, rng: random.Random, plain_fraction: float, tokenizer
-) -> tuple[list[int], int]:
-    """Token ids (bos + context + answer + eos) and where the answer starts."""
+Example = tuple[list[int], list[int]]  # token ids, loss mask (1 = trained on)
+
+
+def make_example(task: Task, rng: random.Random, plain_fraction: float, tokenizer) -> Example:
+    """Token ids (bos + context + answer + eos), with the loss on the answer."""
     context = (
         task.prompt if rng.random() < plain_fraction else hinted_context(task, rng, ContextConfig())
     )
@@ -104,21 +105,22 @@ def make_example(
     answer_ids = tokenizer(task.reference, add_special_tokens=False)["input_ids"] + [
         tokenizer.eos_token_id
     ]
-    return ctx_ids + answer_ids, len(ctx_ids)
+    return ctx_ids + answer_ids, [0] * len(ctx_ids) + [1] * len(answer_ids)
 
 
 def collate(
-    examples: list[tuple[list[int], int]], pad_id: int
+    examples: list[Example], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 everywhere but the answer)."""
+    """Right-padded ids, attention mask and labels (-100 wherever the loss mask is 0)."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id)
     labels = torch.full((len(examples), width), -100)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (row, start) in enumerate(examples):
-        ids[i, : len(row)] = torch.tensor(row)
+    for i, (row, loss_mask) in enumerate(examples):
+        row_t = torch.tensor(row)
+        ids[i, : len(row)] = row_t
         mask[i, : len(row)] = 1
-        labels[i, start : len(row)] = torch.tensor(row[start:])
+        labels[i, : len(row)] = torch.where(torch.tensor(loss_mask, dtype=torch.bool), row_t, -100)
     return ids, mask, labels
 
 
@@ -135,20 +137,46 @@ def plain_accuracy(model: LlamaForCausalLM, tokenizer, tasks: list[Task]) -> flo
     return sum(a.strip() == t.reference for a, t in zip(answers, tasks, strict=True)) / len(tasks)
 
 
+@dataclass
+class Corpus:
+    """What pretraining reads: `example(rng, tokenizer)` draws one document; `done(model,
+    tokenizer)`, checked every `check_every` steps, stops pretraining early when true."""
+
+    example: Callable[[random.Random, object], Example]
+    done: Callable[[LlamaForCausalLM, object], bool] | None = None
+
+
+def arithmetic_corpus(cfg: PretrainConfig) -> Corpus:
+    """Plain and hinted arithmetic problems; stops at `stop_at_plain_accuracy` on
+    training problems."""
+    tasks = ArithmeticEnv().dataset("train")
+    probe = list(tasks[:256])
+
+    def example(rng: random.Random, tokenizer) -> Example:
+        return make_example(rng.choice(tasks), rng, cfg.plain_fraction, tokenizer)
+
+    def done(model: LlamaForCausalLM, tokenizer) -> bool:
+        accuracy = plain_accuracy(model, tokenizer, probe)
+        log.info("plain accuracy on training problems %.3f", accuracy)
+        return accuracy >= cfg.stop_at_plain_accuracy
+
+    return Corpus(example, done if cfg.stop_at_plain_accuracy is not None else None)
+
+
 def pretrain(
     model: LlamaForCausalLM,
     tokenizer,
     cfg: PretrainConfig,
     on_step: Callable[[int, float], None] | None = None,
+    corpus: Corpus | None = None,
 ) -> int:
-    """Supervised pretraining on the answers of plain and hinted training problems.
+    """Supervised pretraining on the masked documents of `corpus` (default: arithmetic).
 
-    Returns the number of steps taken (fewer than cfg.steps when the plain-accuracy
-    stop is reached; it is checked on training problems only).
+    Returns the number of steps taken (fewer than cfg.steps when `corpus.done` stops it;
+    it looks at training problems only).
     """
     rng = random.Random(cfg.seed)
-    tasks = ArithmeticEnv().dataset("train")
-    probe = list(tasks[:256])
+    corpus = corpus or arithmetic_corpus(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
 
     def lr_at(step: int) -> float:
@@ -159,10 +187,7 @@ def pretrain(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     for step in range(cfg.steps):
-        batch = [
-            make_example(rng.choice(tasks), rng, cfg.plain_fraction, tokenizer)
-            for _ in range(cfg.batch_size)
-        ]
+        batch = [corpus.example(rng, tokenizer) for _ in range(cfg.batch_size)]
         ids, mask, labels = collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -172,11 +197,11 @@ def pretrain(
         sched.step()
         if on_step:
             on_step(step, loss.item())
-        if cfg.stop_at_plain_accuracy is not None and (step + 1) % cfg.check_every == 0:
-            accuracy = plain_accuracy(model, tokenizer, probe)
+        if corpus.done is not None and (step + 1) % cfg.check_every == 0:
+            finished = corpus.done(model, tokenizer)
             model.train()
-            log.info("step %d: plain accuracy on training problems %.3f", step + 1, accuracy)
-            if accuracy >= cfg.stop_at_plain_accuracy:
+            if finished:
+                log.info("pretraining done after %d steps", step + 1)
                 return step + 1
     return cfg.steps
 

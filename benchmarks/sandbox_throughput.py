@@ -5,7 +5,7 @@ Each backend runs the same program (read numbers from stdin, compute, print) wit
 the same width, measured in the same run. Rounds alternate between contenders;
 the table shows the median over rounds and the ratio to the bare baseline.
 
-    python benchmarks/sandbox.py [--backends bwrap docker process] [--rounds 5]
+    python benchmarks/sandbox_throughput.py [--backends bwrap docker process] [--rounds 5]
 """
 
 from __future__ import annotations
