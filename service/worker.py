@@ -54,6 +54,7 @@ class Worker:
         self.open_trainer = open_trainer
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.trainers: dict[int, RunTrainer] = {}
+        self.recorded: dict[int, str] = {}  # run -> the batch id this worker last recorded
         self.held: dict[int, dict[int, tuple[Delivery, PendingBatch]]] = {}  # run -> step ->
         self._task: asyncio.Task | None = None
 
@@ -98,6 +99,7 @@ class Worker:
         for run_id in set(self.trainers) - keep:
             del self.trainers[run_id]
             self.held.pop(run_id, None)
+            self.recorded.pop(run_id, None)
 
     async def _serve(self, run_id: int, block_ms: int) -> None:
         """Take this run's new and stale deliveries and train whatever is next in order."""
@@ -157,8 +159,8 @@ class Worker:
 
     async def _recorded(self, run_id: int, trainer: RunTrainer) -> bool:
         """Is the step of the trainer's latest checkpoint in the record?"""
-        if trainer.last is None:
-            return True
+        if trainer.last is None or self.recorded.get(run_id) == trainer.last.batch_id:
+            return True  # (the batch this worker itself recorded last: no need to ask)
         return await asyncio.to_thread(self.repo.batch_recorded, run_id, trainer.last.batch_id)
 
     async def _trainer(self, run_id: int) -> RunTrainer:
@@ -212,6 +214,7 @@ class Worker:
             outcome.log_ratios,
             outcome.tokens,
         )
+        self.recorded[run_id] = delivery.batch_id  # by us now, or by another worker before
         if not recorded:
             return
         if is_milestone(step, trainer.cfg):
