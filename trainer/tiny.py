@@ -139,10 +139,11 @@ def plain_accuracy(model: LlamaForCausalLM, tokenizer, tasks: list[Task]) -> flo
 
 @dataclass
 class Corpus:
-    """What pretraining reads: `example(rng, tokenizer)` draws one document; `done(model,
-    tokenizer)`, checked every `check_every` steps, stops pretraining early when true."""
+    """What pretraining reads: `example(rng, tokenizer, step)` draws one document for
+    optimiser step `step`; `done(model, tokenizer)`, checked every `check_every` steps,
+    stops pretraining early when true."""
 
-    example: Callable[[random.Random, object], Example]
+    example: Callable[[random.Random, object, int], Example]
     done: Callable[[LlamaForCausalLM, object], bool] | None = None
 
 
@@ -152,7 +153,7 @@ def arithmetic_corpus(cfg: PretrainConfig) -> Corpus:
     tasks = ArithmeticEnv().dataset("train")
     probe = list(tasks[:256])
 
-    def example(rng: random.Random, tokenizer) -> Example:
+    def example(rng: random.Random, tokenizer, step: int) -> Example:
         return make_example(rng.choice(tasks), rng, cfg.plain_fraction, tokenizer)
 
     def done(model: LlamaForCausalLM, tokenizer) -> bool:
@@ -187,7 +188,7 @@ def pretrain(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     for step in range(cfg.steps):
-        batch = [corpus.example(rng, tokenizer) for _ in range(cfg.batch_size)]
+        batch = [corpus.example(rng, tokenizer, step) for _ in range(cfg.batch_size)]
         ids, mask, labels = collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
