@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import redis.asyncio as redis
@@ -200,11 +200,16 @@ class RedisBus:
             raise LockNotAcquired(f"lock {name!r} not acquired within {wait_s}s")
         try:
             yield
-        finally:
-            try:
+        except BaseException:
+            # The body's own error (a cancellation, say) goes on; an expired lock must not
+            # replace it (a swallowed CancelledError would leave a task that cannot stop).
+            with suppress(LockError):
                 await held.release()
-            except LockError as e:
-                raise LockLost(f"lock {name!r} expired before release (ttl {ttl_s}s)") from e
+            raise
+        try:
+            await held.release()
+        except LockError as e:
+            raise LockLost(f"lock {name!r} expired before release (ttl {ttl_s}s)") from e
 
     # --- lifecycle ---
     async def ping(self) -> bool:

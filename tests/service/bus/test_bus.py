@@ -247,3 +247,23 @@ async def test_memory_bus_wakes_a_reader_on_another_threads_event_loop(bus):
     await publish(bus, 1)
     [delivery] = await asyncio.wait_for(reader, 2)
     assert delivery.batch_id == "batch-0"
+
+
+async def test_a_task_cancelled_while_its_lock_expired_ends_cancelled(bus):
+    """An expired lock must not turn a cancellation into LockLost: a caller that handles
+    LockLost would swallow the cancellation and its task would never stop."""
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        async with bus.lock("short", ttl_s=0.1):
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(hold())
+    await entered.wait()
+    await asyncio.sleep(0.3)  # the lock's ttl runs out (Redis; the in-process lock has none)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with bus.lock("short", ttl_s=1, wait_s=1):  # and it is free again
+        pass
