@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from sandbox.base import SandboxSettings
 from service.bus import Bus
 from service.bus.codec import encode_batch
-from service.runtime import TRAINERS, batch_id_for, emit, republish_untrained
+from service.runtime import TRAINERS, batch_id_for, cancel_and_wait, emit, republish_untrained
 from service.settings import Settings
 from service.storage import Repository, RunStatus
 from trainer.batch import Batch
@@ -96,8 +96,7 @@ class Orchestrator:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._task = None
         self.drivers.clear()
 

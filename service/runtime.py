@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 from typing import Any
 
 from service.bus import Bus
@@ -56,3 +57,17 @@ async def republish_untrained(repo: Repository, bus: Bus, run_id: int) -> int:
             "run %d: re-published %d untrained batches from the record", run_id, len(pending)
         )
     return len(pending)
+
+
+async def cancel_and_wait(task: asyncio.Task, every_s: float = 1.0) -> None:
+    """Cancel `task` and wait for it to end, cancelling again every `every_s`: a library
+    that swallows one cancellation (seen with redis-py inside a blocking read) must not
+    leave a task that never stops."""
+    task.cancel()
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=every_s)
+        if not done:
+            log.warning("task %s ignored a cancellation; cancelling again", task.get_name())
+            task.cancel()
+    with suppress(asyncio.CancelledError):
+        task.result()

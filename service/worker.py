@@ -29,7 +29,7 @@ from contextlib import suppress
 
 from service.bus import Bus, Delivery, LockLost, StreamLost
 from service.bus.codec import decode_batch
-from service.runtime import TRAINERS, emit, republish_untrained
+from service.runtime import TRAINERS, cancel_and_wait, emit, republish_untrained
 from service.settings import Settings
 from service.storage import NotFound, Repository, RunStatus
 from service.storage.models import PendingBatch
@@ -64,9 +64,7 @@ class Worker:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def run(self) -> None:

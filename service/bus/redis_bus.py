@@ -42,7 +42,11 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
 
 class RedisBus:
     def __init__(self, url: str, prefix: str = "opsd", feedback_maxlen: int = 1000) -> None:
-        self._redis = redis.Redis.from_url(url, decode_responses=False, protocol=2)
+        # socket_timeout: a safety net, longer than any blocking read we issue, so that a
+        # connection left waiting for a reply that never comes fails instead of hanging.
+        self._redis = redis.Redis.from_url(
+            url, decode_responses=False, protocol=2, socket_timeout=60
+        )
         self._prefix = prefix
         self._feedback_maxlen = feedback_maxlen
 
