@@ -1,10 +1,12 @@
 """Self-distillation vs GRPO at an equal number of sampled responses.
 
-Runs each algorithm's default configuration (trainer/presets.py) on the arithmetic
-task with the tiny model for several seeds, then writes the accuracy curves as a table
-and a PNG. Usage:
+Runs each algorithm's default configuration (trainer/presets.py) on a task with a tiny
+model for several seeds, then writes the accuracy curves as a table and a PNG. Tasks:
+`arithmetic` (single turn, `tiny`) and `tools` (multi-turn `lookup` episodes,
+`tiny-tools`). Usage:
 
     python benchmarks/learning.py --steps 300 --seeds 0 1 2 --jobs 2
+    python benchmarks/learning.py --task tools --steps 40 --eval-every 5
     python benchmarks/learning.py --report-only      # redraw from existing runs
     python benchmarks/learning.py --ablation --seeds 0   # self-distillation variants
 
@@ -37,6 +39,24 @@ ABLATION: dict[str, tuple[str, dict]] = {
     "grpo": ("grpo", {}),
 }
 
+# What each task changes in the presets, and the prefix of its run directories.
+TASKS: dict[str, tuple[str, dict]] = {
+    "arithmetic": ("", {}),
+    "tools": (
+        "tools-",
+        {
+            "env": "lookup",
+            "model": "tiny-tools",
+            "sampling": {"max_new_tokens": 160},  # a whole episode: call, observation, answer
+            "eval": {"size": 64},  # lookup's held-out names
+        },
+    ),
+}
+TITLES = {
+    "arithmetic": "arithmetic, tiny model",
+    "tools": "lookup tool episodes, tiny-tools model",
+}
+
 
 def run_one(name: str, algorithm: str, seed: int, steps: int, every: int, overrides: dict) -> str:
     import torch
@@ -64,8 +84,14 @@ def load_curve(run: Path) -> dict[int, float]:
     return {r["samples_seen"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
 
 
-def report(algorithms: list[str], seeds: list[int], png: str = "learning.png") -> str:
-    curves = {a: [load_curve(RUNS / f"{a}-seed{s}") for s in seeds] for a in algorithms}
+def report(
+    algorithms: list[str],
+    seeds: list[int],
+    png: str = "learning.png",
+    prefix: str = "",
+    title: str = TITLES["arithmetic"],
+) -> str:
+    curves = {a: [load_curve(RUNS / f"{prefix}{a}-seed{s}") for s in seeds] for a in algorithms}
     points = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
     mean = {
         a: {p: statistics.mean(c[p] for c in runs) for p in points} for a, runs in curves.items()
@@ -88,11 +114,11 @@ def report(algorithms: list[str], seeds: list[int], png: str = "learning.png") -
             )
         else:
             lines.append(f"\nsdpo does not reach grpo's final accuracy ({target:.3f}).")
-    plot(curves, mean, points, png)
+    plot(curves, mean, points, png, title)
     return "\n".join(lines)
 
 
-def plot(curves, mean, points, png: str) -> None:
+def plot(curves, mean, points, png: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +131,7 @@ def plot(curves, mean, points, png: str) -> None:
             ax.plot(points, [c[p] for p in points], color=line.get_color(), alpha=0.25, linewidth=1)
     ax.set_xlabel("sampled responses")
     ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title("arithmetic, tiny model: self-distillation vs GRPO")
+    ax.set_title(f"{title}: self-distillation vs GRPO")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -116,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--task", choices=sorted(TASKS), default="arithmetic")
     parser.add_argument("--algorithms", nargs="+", default=["sdpo", "grpo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
@@ -131,11 +158,12 @@ def main() -> None:
     args = parser.parse_args()
     from trainer.presets import merge
 
-    extra = json.loads(args.overrides)
+    prefix, task_overrides = TASKS[args.task]
+    extra = merge(task_overrides, json.loads(args.overrides))
     if args.ablation:
-        runs = {name: (alg, merge(o, extra)) for name, (alg, o) in ABLATION.items()}
+        runs = {prefix + name: (alg, merge(o, extra)) for name, (alg, o) in ABLATION.items()}
     else:
-        runs = {a: (a, extra) for a in args.algorithms}
+        runs = {prefix + a: (a, extra) for a in args.algorithms}
     if not args.report_only:
         jobs = [(name, alg, s, o) for s in args.seeds for name, (alg, o) in runs.items()]
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -144,7 +172,9 @@ def main() -> None:
             ]
             for f in futures:
                 print("done", f.result(), flush=True)
-    print(report(list(runs), args.seeds, "ablation.png" if args.ablation else "learning.png"))
+    png = f"{prefix}{'ablation' if args.ablation else 'learning'}.png"
+    names = [name.removeprefix(prefix) for name in runs]
+    print(report(names, args.seeds, png, prefix, TITLES[args.task]))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,7 +55,7 @@ def train(
     ],
     env: Annotated[str | None, typer.Option(help="environment name")] = None,
     model: Annotated[
-        str | None, typer.Option(help="`tiny`, a model directory or a hub name")
+        str | None, typer.Option(help="`tiny`, `tiny-tools`, a model directory or a hub name")
     ] = None,
     algorithm: Annotated[str, typer.Option(help="sdpo (self-distillation) or grpo")] = "sdpo",
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
@@ -122,31 +123,56 @@ def train(
     )
 
 
+class TinyTask(StrEnum):
+    arithmetic = "arithmetic"
+    tools = "tools"
+
+
 @tiny_app.command("build")
 def tiny_build(
+    task: Annotated[
+        TinyTask,
+        typer.Option(
+            help="`arithmetic` builds `tiny`; `tools` builds `tiny-tools` on top of `tiny`"
+        ),
+    ] = TinyTask.arithmetic,
     out: Annotated[
-        Path | None, typer.Option(help="output directory (default: the packaged `tiny`)")
+        Path | None,
+        typer.Option(help="output directory (default: the packaged `tiny` / `tiny-tools`)"),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="pretraining steps")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="pretraining steps (tools: the cap of each phase)")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Build and pretrain the tiny model (a few minutes on a CPU)."""
-    from trainer.model import TINY_MODEL_DIR
+    """Build and pretrain a tiny model (a few minutes on a CPU)."""
+    from trainer.model import TINY_MODEL_DIR, TINY_TOOLS_MODEL_DIR
     from trainer.tiny import PretrainConfig, build_tiny_model
+    from trainer.tiny_tools import ToolPretrainConfig
 
     quiet_libraries()
-    cfg = PretrainConfig(seed=seed) if steps is None else PretrainConfig(steps=steps, seed=seed)
-    target = out or TINY_MODEL_DIR
+    if task is TinyTask.tools:
+        if not (TINY_MODEL_DIR / "config.json").exists():
+            raise typer.BadParameter("`tiny` is not built yet: run `opsd tiny-model build` first")
+        cfg = ToolPretrainConfig(seed=seed)
+        total = sum(p.steps if steps is None else min(p.steps, steps) for p in cfg.phases)
+        target = out or TINY_TOOLS_MODEL_DIR
+    else:
+        cfg = PretrainConfig(seed=seed) if steps is None else PretrainConfig(steps=steps, seed=seed)
+        total = cfg.steps
+        target = out or TINY_MODEL_DIR
     with progress_bar() as progress:
-        bar = progress.add_task("pretraining", total=cfg.steps, status="")
+        bar = progress.add_task("pretraining", total=total, status="")
         build_tiny_model(
             target,
             cfg,
             on_step=lambda s, loss: progress.update(
                 bar, completed=s + 1, status=f"loss {loss:.3f}"
             ),
+            task=task.value,
+            max_steps=steps if task is TinyTask.tools else None,
         )
-    console.print(f"tiny model written to {target}")
+    console.print(f"tiny {task.value} model written to {target}")
 
 
 sandbox_app = typer.Typer(help="Run programs in the sandbox.", no_args_is_help=True)
@@ -207,7 +233,9 @@ def sandbox_run(
 @envs_app.command("try")
 def envs_try(
     name: Annotated[str, typer.Argument(help="environment name")],
-    model: Annotated[str, typer.Option(help="`tiny`, a model directory or a hub name")] = "tiny",
+    model: Annotated[
+        str, typer.Option(help="`tiny`, `tiny-tools`, a model directory or a hub name")
+    ] = "tiny",
     n: Annotated[int, typer.Option("-n", help="responses per task")] = 4,
     tasks: Annotated[int, typer.Option(help="tasks from the train split")] = 2,
     config: Annotated[str | None, typer.Option(help="environment config as JSON")] = None,

@@ -135,7 +135,9 @@ def parse_json_or_file(value: str, flag: str) -> dict[str, Any]:
 @runs_app.command("create")
 def runs_create(
     env: Annotated[str, typer.Option(help="environment name")],
-    model: Annotated[str, typer.Option(help="`tiny`, a model directory or a hub name")] = "tiny",
+    model: Annotated[
+        str, typer.Option(help="`tiny`, `tiny-tools`, a model directory or a hub name")
+    ] = "tiny",
     algorithm: Annotated[str, typer.Option(help="sdpo (self-distillation) or grpo")] = "sdpo",
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
     config: Annotated[

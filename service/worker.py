@@ -82,9 +82,7 @@ class Worker:
                 for run in runs:
                     await self._serve(run.id, block_ms)
         finally:
-            beat.cancel()
-            with suppress(asyncio.CancelledError):
-                await beat
+            await cancel_and_wait(beat)  # a heartbeat left running would outlive the worker
             log.info("worker %s stopped", self.worker_id)
 
     async def _heartbeat(self) -> None:

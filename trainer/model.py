@@ -1,4 +1,5 @@
-"""Loading a policy: any Hugging Face causal LM directory, or `tiny`, the model shipped here."""
+"""Loading a policy: any Hugging Face causal LM directory, or `tiny` / `tiny-tools`, the
+models shipped here."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from trainer.config import LoraConfig
 log = logging.getLogger(__name__)
 
 TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
-ALIASES = {"tiny": TINY_MODEL_DIR}
+TINY_TOOLS_MODEL_DIR = Path(__file__).parent / "tiny_tools_model"
+ALIASES = {"tiny": TINY_MODEL_DIR, "tiny-tools": TINY_TOOLS_MODEL_DIR}
 
 
 class ModelNotFound(FileNotFoundError):
@@ -21,11 +23,13 @@ class ModelNotFound(FileNotFoundError):
 
 
 def resolve_model(name: str) -> str:
-    """Map an alias (`tiny`) to its directory; anything else is passed to transformers."""
+    """Map an alias (`tiny`, `tiny-tools`) to its directory; anything else is passed to
+    transformers."""
     if name in ALIASES:
         path = ALIASES[name]
         if not (path / "config.json").exists():
-            raise ModelNotFound(f"{name!r} is not built yet: run `opsd tiny-model build`")
+            build = "opsd tiny-model build" + (" --task tools" if name == "tiny-tools" else "")
+            raise ModelNotFound(f"{name!r} is not built yet: run `{build}`")
         return str(path)
     looks_local = name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists()
     if looks_local and not (Path(name).expanduser() / "config.json").exists():

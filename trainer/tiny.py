@@ -6,6 +6,10 @@ pretrained on arithmetic problems, most of them with a teacher context (built by
 the project's own context builder from the default templates) that holds the
 answer, so that it can read hints in context but cannot yet add well on its own:
 exactly the gap self-distillation closes.
+
+`tiny-tools` is the same model pretrained further on episodes of the `lookup` tool
+task (`task="tools"`, corpus in trainer/tiny_tools.py): alone it rarely uses the tool
+well, with a successful sibling or feedback in its context it nearly always does.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models
@@ -93,7 +98,8 @@ def hinted_context(task: Task, rng: random.Random, cfg: ContextConfig) -> str:
     return text
 
 
-Example = tuple[list[int], list[int]]  # token ids, loss mask (1 = trained on)
+Example = tuple[list[int], list[int]]  # token ids, labels (IGNORE: no loss at that position)
+IGNORE = -100
 
 
 def make_example(task: Task, rng: random.Random, plain_fraction: float, tokenizer) -> Example:
@@ -105,22 +111,21 @@ def make_example(task: Task, rng: random.Random, plain_fraction: float, tokenize
     answer_ids = tokenizer(task.reference, add_special_tokens=False)["input_ids"] + [
         tokenizer.eos_token_id
     ]
-    return ctx_ids + answer_ids, [0] * len(ctx_ids) + [1] * len(answer_ids)
+    return ctx_ids + answer_ids, [IGNORE] * len(ctx_ids) + answer_ids
 
 
 def collate(
     examples: list[Example], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 wherever the loss mask is 0)."""
+    """Right-padded ids, attention mask and labels."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id)
-    labels = torch.full((len(examples), width), -100)
+    labels = torch.full((len(examples), width), IGNORE)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (row, loss_mask) in enumerate(examples):
-        row_t = torch.tensor(row)
-        ids[i, : len(row)] = row_t
+    for i, (row, row_labels) in enumerate(examples):
+        ids[i, : len(row)] = torch.tensor(row)
         mask[i, : len(row)] = 1
-        labels[i, : len(row)] = torch.where(torch.tensor(loss_mask, dtype=torch.bool), row_t, -100)
+        labels[i, : len(row)] = torch.tensor(row_labels)
     return ids, mask, labels
 
 
@@ -207,15 +212,39 @@ def pretrain(
     return cfg.steps
 
 
-def build_tiny_model(out_dir: Path, cfg: PretrainConfig | None = None, on_step=None) -> Path:
-    """Create, pretrain and save the tiny model as a Hugging Face directory."""
-    cfg = cfg or PretrainConfig()
-    torch.manual_seed(cfg.seed)
+def build_tiny_model(
+    out_dir: Path,
+    cfg=None,
+    on_step=None,
+    *,
+    task: Literal["arithmetic", "tools"] = "arithmetic",
+    init: Path | None = None,
+    max_steps: int | None = None,
+) -> Path:
+    """Create, pretrain and save a tiny model as a Hugging Face directory.
+
+    `arithmetic` (`tiny`): random weights, `cfg` a `PretrainConfig`. `tools` (`tiny-tools`):
+    the weights in `init` (default: the packaged `tiny`), `cfg` a
+    `trainer.tiny_tools.ToolPretrainConfig`, `max_steps` caps each of its phases.
+    """
     tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(build_config(len(tokenizer)))
     started = time.monotonic()
-    steps = pretrain(model, tokenizer, cfg, on_step)
-    log.info("pretrained tiny model for %d steps in %.0fs", steps, time.monotonic() - started)
+    if task == "tools":
+        from trainer.model import TINY_MODEL_DIR
+        from trainer.tiny_tools import ToolPretrainConfig, pretrain_tools
+
+        cfg = cfg or ToolPretrainConfig()
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM.from_pretrained(init or TINY_MODEL_DIR)
+        steps = pretrain_tools(model, tokenizer, cfg, on_step, max_steps)
+    else:
+        cfg = cfg or PretrainConfig()
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(build_config(len(tokenizer)))
+        steps = pretrain(model, tokenizer, cfg, on_step)
+    log.info(
+        "pretrained tiny %s model for %d steps in %.0fs", task, steps, time.monotonic() - started
+    )
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

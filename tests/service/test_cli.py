@@ -141,3 +141,21 @@ def test_tiny_model_build_writes_a_loadable_model_and_tokenizer(tmp_path):
     assert tokenizer.eos_token == "<eos>"
     assert tokenizer.decode(tokenizer("12+34=", add_special_tokens=False)["input_ids"]) == "12+34="
     assert str(out) in text(result)
+
+
+def test_tiny_model_build_tools_starts_from_tiny_and_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "tiny-tools"
+    args = ["tiny-model", "build", "--task", "tools", "--out", str(out), "--steps", "2"]
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(out))
+    assert "tools" in text(result) and str(out) in text(result)
+
+
+def test_tiny_model_build_rejects_an_unknown_task(tmp_path):
+    result = runner.invoke(app, ["tiny-model", "build", "--task", "poetry"])
+
+    assert result.exit_code == 2
+    assert "poetry" in text(result)

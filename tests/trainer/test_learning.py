@@ -20,3 +20,29 @@ def test_self_distillation_raises_held_out_accuracy_by_20_points(tmp_path):
     assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.20, summary
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(151))
+
+
+@pytest.mark.slow
+def test_self_distillation_over_tool_episodes_raises_lookup_success(tmp_path):
+    """Multi-turn: `tiny-tools` mostly answers made-up codes alone; with a successful
+    sibling episode in the teacher's context it calls `lookup`. Distilling that into the
+    student over whole episodes (tool outputs masked) raises held-out success."""
+    cfg = preset(
+        "sdpo",
+        {
+            "env": "lookup",
+            "model": "tiny-tools",
+            "steps": 30,
+            "seed": 0,
+            "sampling": {"max_new_tokens": 160},
+            "eval": {"every": 30, "size": 64},
+        },
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.30, summary
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r["step"] > 0]
+    assert len(trained) == 30
+    early, late = trained[:5], trained[-5:]
+    calls = [sum(r["tool_calls_mean"] for r in rs) / 5 for rs in (early, late)]
+    assert calls[1] > calls[0] + 0.2, calls  # the student learnt to call the tool
