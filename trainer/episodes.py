@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from envs.base import Score, Task
 from envs.tools.base import Episode, ToolEnvironment
@@ -56,6 +57,7 @@ class EpisodeState:
     logprobs: list[float] = field(default_factory=list)  # 0.0 at environment tokens
     mask: list[int] = field(default_factory=list)  # 1 = model token, 0 = environment token
     pieces: list[str] = field(default_factory=list)  # transcript: turns and observations
+    turn_tokens: list[int] = field(default_factory=list)  # model tokens kept, per turn
     truncated: bool = False
     done: bool = False
 
@@ -149,6 +151,7 @@ def advance(
     state.response_ids += token_ids
     state.logprobs += logprobs
     state.mask += [1] * len(token_ids)
+    state.turn_tokens.append(len(token_ids))
     state.pieces.append(tokenizer.decode(token_ids, skip_special_tokens=True))
     if obs_ids:
         state.response_ids += obs_ids
@@ -194,12 +197,23 @@ async def run_episodes(
     return list(zip(states, scores, strict=True))
 
 
-def episode_metrics(state: EpisodeState, score: Score) -> dict[str, int]:
-    """turns / tool_calls / tool_errors: the Score's `details["metrics"]`, else the episode's."""
-    reported = score.details.get("metrics") if score.details else None
+def episode_metrics(state: EpisodeState, score: Score) -> dict[str, Any]:
+    """The episode's counts (turns / tool_calls / tool_errors: the Score's
+    `details["metrics"]`, else the episode's) and `per_turn`: for each model turn, its
+    tokens and the tool it called, whether the call ran and its error (the env's turn log).
+    """
+    details = score.details or {}
+    reported = details.get("metrics")
     if reported:
-        return {k: int(reported[k]) for k in METRICS if k in reported}
-    return {k: int(getattr(state.episode, k)) for k in METRICS}
+        counts = {k: int(reported[k]) for k in METRICS if k in reported}
+    else:
+        counts = {k: int(getattr(state.episode, k)) for k in METRICS}
+    log = details.get("turn_log") or getattr(state.episode, "turn_log", None) or []
+    per_turn = [
+        {"tokens": tokens, **(log[i] if i < len(log) else {})}
+        for i, tokens in enumerate(state.turn_tokens)
+    ]
+    return {**counts, "per_turn": per_turn}
 
 
 def collect_episodes(

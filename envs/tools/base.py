@@ -78,6 +78,9 @@ class Episode:
         self.env, self.task = env, task
         self.turns = self.tool_calls = self.tool_errors = 0
         self.errors: list[str] = []  # the tool errors' messages, in order
+        # one entry per model turn: the tool it called (None: no call, or a malformed one),
+        # whether the call ran, and its error message
+        self.turn_log: list[dict[str, Any]] = []
         self.answer: str | None = None  # the final answer, once given
         self.transcript = ""  # model turns and observations, as the model saw them
         self.done = False
@@ -97,12 +100,20 @@ class Episode:
         call = find_call(turn_text)
         if call is None:
             self.answer, self.done = turn_text, True
+            self.turn_log.append({"tool": None, "ran": False, "error": None})
             return Turn(observation=None, done=True)
+        tool = one_line(call.name, 60) if isinstance(call, ToolCall) else None
+        entry: dict[str, Any] = {"tool": tool, "ran": False, "error": None}
+        self.turn_log.append(entry)
         if self.turns >= self.env.config.max_turns:
             self.done = True
             return Turn(observation=None, done=True)
         self.tool_calls += 1
+        errors_before = len(self.errors)
         result = await self._execute(call)
+        entry["ran"] = True
+        if len(self.errors) > errors_before:
+            entry["error"] = self.errors[-1]
         text = observation(_clip(result, self.env.config.max_observation_chars))
         self.transcript += text
         return Turn(observation=text, done=False)
@@ -129,7 +140,7 @@ class Episode:
 
     async def finish(self) -> Score:
         """The final judgement, with the tool errors in the feedback and the metrics in
-        `details["metrics"]`. Without a final answer (turn or token budget spent): reward 0,
+        `details["metrics"]` (and each turn's call in `details["turn_log"]`). Without a final answer (turn or token budget spent): reward 0,
         `format_error`."""
         self.done = True
         if self.answer is None:
@@ -146,7 +157,7 @@ class Episode:
             shown = [e.rstrip(".") for e in dict.fromkeys(self.errors)][:FEEDBACK_ERRORS]
             tool_part = f"Tool errors: {'; '.join(shown)}."
             feedback = f"{feedback}\n{tool_part}" if feedback else tool_part
-        details = {**verdict_score.details, "metrics": self.metrics}
+        details = {**verdict_score.details, "metrics": self.metrics, "turn_log": self.turn_log}
         return Score(verdict_score.reward, verdict_score.verdict, feedback, details)
 
 

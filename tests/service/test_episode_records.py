@@ -74,10 +74,13 @@ async def test_a_step_of_episodes_records_episode_stats_metrics_and_env_token_sc
     assert pending.stats["turns_mean"] == 1.5  # 2 turns and 1 turn
     assert pending.stats["tool_calls_mean"] == 0.5
     assert pending.stats["tool_errors_mean"] == 0.0
-    assert [r["metrics"] for r in pending.rollouts] == [
+    counts = [{k: v for k, v in r["metrics"].items() if k != "per_turn"} for r in pending.rollouts]
+    assert counts == [
         {"turns": 2, "tool_calls": 1, "tool_errors": 0},
         {"turns": 1, "tool_calls": 0, "tool_errors": 0},
     ]
+    per_turn = [[(t["tool"], t["ran"]) for t in r["metrics"]["per_turn"]] for r in pending.rollouts]
+    assert per_turn == [[("lookup", True), (None, False)], [(None, False)]]
     batch = decode_batch(pending.payload)
     masks = [s.response_mask for s in batch.samples]
     assert 0 in masks[0] and set(masks[1]) == {1}  # the masks travel with the batch
@@ -88,6 +91,7 @@ async def test_a_step_of_episodes_records_episode_stats_metrics_and_env_token_sc
     )
     rows, _ = repo.list_trajectories(run.id)
     assert [r.metrics["turns"] for r in rows] == [2, 1]
+    assert rows[0].metrics["per_turn"][0]["tokens"] == masks[0].index(0)  # the call's tokens
     _, scores = repo.get_trajectory(rows[0].id)
     assert scores == log_ratios[0]
     assert repo.metrics_series(run.id)["turns_mean"] == [(1, 1.5)]

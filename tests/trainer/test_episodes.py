@@ -82,7 +82,15 @@ def test_an_episode_alternates_model_turns_and_masked_observations(tokenizer):
         assert (sample.reward, sample.truncated) == (1.0, False)
         assert rollout.response == CALL + OBS + final
         assert (rollout.verdict, rollout.prompt) == ("ok", TASKS[0].prompt)
-        assert rollout.metrics == {"turns": 2, "tool_calls": 1, "tool_errors": 0}
+        assert rollout.metrics == {
+            "turns": 2,
+            "tool_calls": 1,
+            "tool_errors": 0,
+            "per_turn": [
+                {"tokens": len(call), "tool": "lookup", "ran": True, "error": None},
+                {"tokens": len(made_up), "tool": None, "ran": False, "error": None},
+            ],
+        }
     # one sampler call per turn over both episodes, each prompted with its response so far
     assert [len(c["prompts"]) for c in sampler.calls] == [2, 2]
     second = sampler.calls[1]
@@ -147,7 +155,10 @@ def test_an_observation_that_leaves_no_room_is_dropped_and_truncates(tokenizer):
     assert sample.response_ids == call and sample.response_mask == [1] * len(call)
     assert sample.truncated and len(sampler.calls) == 1
     assert rollouts[0].verdict == "format_error"  # no final answer
-    assert rollouts[0].metrics == {"turns": 1, "tool_calls": 1, "tool_errors": 0}
+    assert counts(rollouts[0]) == {"turns": 1, "tool_calls": 1, "tool_errors": 0}
+    assert rollouts[0].metrics["per_turn"] == [
+        {"tokens": len(call), "tool": "lookup", "ran": True, "error": None}
+    ]
 
 
 def test_episodes_end_at_the_env_configs_max_turns_or_a_given_one(tokenizer):
@@ -159,13 +170,19 @@ def test_episodes_end_at_the_env_configs_max_turns_or_a_given_one(tokenizer):
     # the env's last turn: its call is not executed, so no observation follows it
     assert batch.samples[0].response_ids == (call + obs) * 2 + call
     assert len(sampler.calls) == 3 and not batch.samples[0].truncated
-    assert rollouts[0].metrics == {"turns": 3, "tool_calls": 2, "tool_errors": 0}
+    assert counts(rollouts[0]) == {"turns": 3, "tool_calls": 2, "tool_errors": 0}
+    # the last turn's call is logged but did not run
+    assert [t["ran"] for t in rollouts[0].metrics["per_turn"]] == [True, True, False]
     assert rollouts[0].verdict == "format_error"
 
     batch, rollouts, sampler = play(tokenizer, always_call, max_turns=2)
     assert batch.samples[0].response_ids == call + obs + call
     assert batch.samples[0].response_mask[-len(call) :] == [1] * len(call)
     assert len(sampler.calls) == 2
+
+
+def counts(rollout) -> dict[str, int]:
+    return {k: v for k, v in rollout.metrics.items() if k != "per_turn"}
 
 
 def siblings(context: str, row: int) -> str:
@@ -199,7 +216,10 @@ def test_tool_errors_are_counted_and_fed_back(tokenizer):
 
     batch, rollouts, _ = play(tokenizer, bad_call_then_guess)
     rollout = rollouts[0]
-    assert rollout.metrics == {"turns": 2, "tool_calls": 1, "tool_errors": 1}
+    assert counts(rollout) == {"turns": 2, "tool_calls": 1, "tool_errors": 1}
+    first = rollout.metrics["per_turn"][0]
+    assert (first["tool"], first["ran"]) == (None, True)  # malformed: no tool name
+    assert first["error"].startswith("malformed JSON")
     assert "<tool_response>error: malformed JSON" in rollout.response
     assert "Tool errors:" in rollout.feedback
     assert episode_stats(rollouts) == {
@@ -368,8 +388,10 @@ def test_the_tiny_model_plays_real_lookup_episodes(policy):
     for sample, rollout, task in zip(batch.samples, rollouts, flat_tasks, strict=True):
         assert len(sample.response_ids) == len(sample.response_mask) <= 96
         assert sample.prompt_ids == [tok.bos_token_id, *ids(tok, task.prompt)]
-        assert set(rollout.metrics) == {"turns", "tool_calls", "tool_errors"}
-        assert rollout.metrics["turns"] >= 1
+        assert set(rollout.metrics) == {"turns", "tool_calls", "tool_errors", "per_turn"}
+        assert rollout.metrics["turns"] == len(rollout.metrics["per_turn"]) >= 1
+        turn_tokens = sum(t["tokens"] for t in rollout.metrics["per_turn"])
+        assert turn_tokens == sum(sample.response_mask)
         replayed = run_async(env.score(task, rollout.response))
         assert (replayed.reward, str(replayed.verdict)) == (rollout.reward, rollout.verdict)
     assert (

@@ -69,6 +69,10 @@ def test_a_tool_that_raises_gives_a_one_line_error_observation():
     assert (score.reward, score.verdict) == (1.0, Verdict.ok)
     assert score.feedback == "Tool errors: boom: RuntimeError: kaboom with a second line."
     assert score.details["metrics"] == {"turns": 2, "tool_calls": 1, "tool_errors": 1}
+    assert score.details["turn_log"] == [
+        {"tool": "boom", "ran": True, "error": "boom: RuntimeError: kaboom with a second line"},
+        {"tool": None, "ran": False, "error": None},
+    ]
 
 
 def test_only_the_first_call_of_a_turn_runs_and_text_after_it_is_dropped():
