@@ -135,22 +135,26 @@ def worker(
 async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` until it returns or SIGTERM/SIGINT cancels it.
 
-    The first signal cancels `main`; a training step already running in a thread still
-    finishes before the process exits, and a batch not yet acknowledged is delivered
-    again to another worker (trained once: DESIGN.md, the batch-id skip). A second
-    signal acts as usual (SIGINT raises KeyboardInterrupt, SIGTERM kills).
+    The first signal cancels `main` (again every second until it ends: a library may
+    swallow one cancellation, runtime.cancel_and_wait); a training step already running
+    in a thread still finishes before the process exits, and a batch not yet acknowledged
+    is delivered again to another worker (trained once: DESIGN.md, the batch-id skip). A
+    second signal acts as usual (SIGINT raises KeyboardInterrupt, SIGTERM kills).
     """
+    from service.runtime import cancel_and_wait
+
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(main)
     signals = (signal.SIGINT, signal.SIGTERM)
     received: list[int] = []
+    stopping: list[asyncio.Task] = []
 
     def on_signal(signum: int) -> None:
         received.append(signum)
         console.print(f"{signal.Signals(signum).name}: stopping (send it again to force)")
         for sig in signals:
             loop.remove_signal_handler(sig)
-        task.cancel()
+        stopping.append(asyncio.ensure_future(cancel_and_wait(task)))
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
@@ -162,6 +166,8 @@ async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        for stopper in stopping:
+            await stopper
 
 
 @db_app.command("upgrade")
