@@ -206,7 +206,8 @@ class Worker:
             delivery.batch_id,
             metrics,
             step,  # the policy version this step produced
-            row.rollouts,
+            # each trajectory keeps the version of the policy that sampled it
+            [{**r, "policy_version": row.policy_version} for r in row.rollouts],
             outcome.log_ratios,
             outcome.tokens,
         )

@@ -155,7 +155,7 @@ class Trajectory(Base):
     feedback: Mapped[str | None] = mapped_column(Text)
     teacher_context: Mapped[str | None] = mapped_column(Text)
     truncated: Mapped[bool] = mapped_column(default=False)
-    policy_version: Mapped[int] = mapped_column(Integer)
+    policy_version: Mapped[int] = mapped_column(Integer)  # the policy that sampled it
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # turns, tool calls, ...
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

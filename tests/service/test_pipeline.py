@@ -138,6 +138,8 @@ async def test_a_run_completes_with_every_step_trained_once_and_recorded(stack):
     }
     wrong = [t for t in trajectories if t.verdict != "ok"]
     assert wrong and all(t.feedback and t.teacher_context for t in wrong)
+    # on-policy: step s trains on responses the policy of step s - 1 sampled
+    assert all(t.policy_version == t.step - 1 for t in trajectories)
     trajectory, scores = repo.get_trajectory_scores(trajectories[0].id)
     assert scores is not None and len(scores.log_ratios) == len(scores.tokens) > 0
     assert "".join(scores.tokens).startswith(trajectory.response.strip()[:1])
