@@ -90,8 +90,10 @@ def report(
     png: str = "learning.png",
     prefix: str = "",
     title: str = TITLES["arithmetic"],
+    tag: str = "",
 ) -> str:
-    curves = {a: [load_curve(RUNS / f"{prefix}{a}-seed{s}") for s in seeds] for a in algorithms}
+    runs = {a: [RUNS / f"{prefix}{a}{tag}-seed{s}" for s in seeds] for a in algorithms}
+    curves = {a: [load_curve(run) for run in dirs] for a, dirs in runs.items()}
     points = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
     mean = {
         a: {p: statistics.mean(c[p] for c in runs) for p in points} for a, runs in curves.items()
@@ -106,15 +108,40 @@ def report(
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     if "sdpo" in mean and "grpo" in mean:
         target = mean["grpo"][points[-1]]
-        reached = next((p for p in points if mean["sdpo"][p] >= target), None)
-        if reached:
+        first = {a: next((p for p in points if mean[a][p] >= target), None) for a in mean}
+        if first["sdpo"]:
             lines.append(
-                f"\nsdpo reaches grpo's final accuracy ({target:.3f} at {points[-1]} samples) after "
-                f"{reached} samples: {points[-1] / max(reached, 1):.1f}x fewer."
+                f"\nsdpo reaches grpo's final accuracy ({target:.3f}) after {first['sdpo']} "
+                f"samples, grpo after {first['grpo']}: "
+                f"{first['grpo'] / max(first['sdpo'], 1):.1f}x fewer."
             )
         else:
             lines.append(f"\nsdpo does not reach grpo's final accuracy ({target:.3f}).")
+    lines += ["", reward_table(runs, points)]
     plot(curves, mean, points, png, title)
+    return "\n".join(lines)
+
+
+def reward_table(runs: dict[str, list[Path]], points: list[int]) -> str:
+    """Mean training reward (the sampled responses' success) between consecutive eval
+    points: how the whole sampling distribution moves, where greedy accuracy shows its mode."""
+    series = {}
+    for a, dirs in runs.items():
+        records = [
+            json.loads(line)
+            for run in dirs
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+            if line
+        ]
+        series[a] = [(r["samples_seen"], r["reward_mean"]) for r in records if "reward_mean" in r]
+    lines = ["| samples | " + " | ".join(f"{a} training reward" for a in runs) + " |"]
+    lines.append("|" + " --- |" * (len(runs) + 1))
+    for low, high in zip(points, points[1:], strict=False):
+        cells = []
+        for a in runs:
+            window = [r for n, r in series[a] if low < n <= high]
+            cells.append(f"{statistics.mean(window):.3f}" if window else "-")
+        lines.append(f"| {low + 1}-{high} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -151,6 +178,9 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="overrides", default="{}", help="JSON overrides applied to every run"
     )
+    parser.add_argument(
+        "--tag", default="", help="appended to the run directories and the PNG (e.g. --tag=-g2)"
+    )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
         "--ablation", action="store_true", help="run the self-distillation variants"
@@ -161,9 +191,12 @@ def main() -> None:
     prefix, task_overrides = TASKS[args.task]
     extra = merge(task_overrides, json.loads(args.overrides))
     if args.ablation:
-        runs = {prefix + name: (alg, merge(o, extra)) for name, (alg, o) in ABLATION.items()}
+        runs = {
+            f"{prefix}{name}{args.tag}": (alg, merge(o, extra))
+            for name, (alg, o) in ABLATION.items()
+        }
     else:
-        runs = {prefix + a: (a, extra) for a in args.algorithms}
+        runs = {f"{prefix}{a}{args.tag}": (a, extra) for a in args.algorithms}
     if not args.report_only:
         jobs = [(name, alg, s, o) for s in args.seeds for name, (alg, o) in runs.items()]
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -172,9 +205,9 @@ def main() -> None:
             ]
             for f in futures:
                 print("done", f.result(), flush=True)
-    png = f"{prefix}{'ablation' if args.ablation else 'learning'}.png"
-    names = [name.removeprefix(prefix) for name in runs]
-    print(report(names, args.seeds, png, prefix, TITLES[args.task]))
+    png = f"{prefix}{'ablation' if args.ablation else 'learning'}{args.tag}.png"
+    names = [name.removeprefix(prefix).removesuffix(args.tag) for name in runs]
+    print(report(names, args.seeds, png, prefix, TITLES[args.task], args.tag))
 
 
 if __name__ == "__main__":
