@@ -36,9 +36,8 @@ from service.storage import Repository, RunStatus
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_path, latest_checkpoint
 from trainer.config import RunConfig
-from trainer.episodes import episode_stats
 from trainer.loop import Session
-from trainer.rollout import Rollout
+from trainer.rollout import Rollout, budget_warning, rollout_stats
 from trainer.worker import is_milestone
 
 log = logging.getLogger(__name__)
@@ -221,15 +220,13 @@ class RunDriver:
             for i, r in enumerate(rollouts)
         ]
         stats = {
-            "reward_mean": sum(r.reward for r in rollouts) / len(rollouts),
-            "ok_fraction": sum(r.verdict == "ok" for r in rollouts) / len(rollouts),
-            "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples)
-            / len(batch.samples),
+            **rollout_stats(batch, rollouts),  # reward, length, truncation, episode metrics
             "samples_seen": step * cfg.prompts_per_step * group,
             "policy_lag": step - 1 - self.version,
             "sample_seconds": time.monotonic() - began,
-            **episode_stats(rollouts),  # turns_mean, tool_calls_mean, ... for episodes
         }
+        if step == 1 and (hint := budget_warning(stats, cfg.sampling.max_new_tokens)):
+            log.warning("run %d: %s", self.run_id, hint)
         payload = encode_batch(batch)
         await asyncio.to_thread(
             self.repo.add_batch,

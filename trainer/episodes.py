@@ -29,11 +29,10 @@ from envs.tools.calls import CLOSE, cut_after_call
 from trainer.batch import Batch
 from trainer.config import SamplingConfig
 from trainer.context import TeacherContextBuilder
-from trainer.rollout import Rollout, Scored, assemble, run_async
+from trainer.rollout import EPISODE_METRICS, Rollout, Scored, assemble, run_async
 from trainer.sampler import Completion, Sampler
 
 DEFAULT_MAX_TURNS = 4
-METRICS = ("turns", "tool_calls", "tool_errors")
 
 
 @dataclass
@@ -205,9 +204,9 @@ def episode_metrics(state: EpisodeState, score: Score) -> dict[str, Any]:
     details = score.details or {}
     reported = details.get("metrics")
     if reported:
-        counts = {k: int(reported[k]) for k in METRICS if k in reported}
+        counts = {k: int(reported[k]) for k in EPISODE_METRICS if k in reported}
     else:
-        counts = {k: int(getattr(state.episode, k)) for k in METRICS}
+        counts = {k: int(getattr(state.episode, k)) for k in EPISODE_METRICS}
     log = details.get("turn_log") or getattr(state.episode, "turn_log", None) or []
     per_turn = [
         {"tokens": tokens, **(log[i] if i < len(log) else {})}
@@ -308,13 +307,3 @@ def greedy_episode_accuracy(
         )
     )
     return sum(score.verdict == "ok" for _, score in played) / len(tasks)
-
-
-def episode_stats(rollouts: Sequence[Rollout]) -> dict[str, float]:
-    """Per-step means of the episode metrics (`turns_mean`, ...); {} for single-turn rollouts."""
-    with_metrics = [r.metrics for r in rollouts if r.metrics]
-    if not with_metrics:
-        return {}
-    return {
-        f"{k}_mean": sum(m.get(k, 0) for m in with_metrics) / len(with_metrics) for k in METRICS
-    }

@@ -28,9 +28,9 @@ from trainer.checkpoint import (
 )
 from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
-from trainer.episodes import collect_episodes, episode_stats, greedy_episode_accuracy
+from trainer.episodes import collect_episodes, greedy_episode_accuracy
 from trainer.model import load_policy, pick_device
-from trainer.rollout import collect, greedy_accuracy
+from trainer.rollout import budget_warning, collect, greedy_accuracy, rollout_stats
 from trainer.sampler import TransformersSampler
 from trainer.step import Learner
 
@@ -199,13 +199,13 @@ def train(
             tasks = task_rng.sample(train_tasks, cfg.prompts_per_step)
             batch, rollouts = session.rollout(tasks, policy_version=step - 1)
             result = session.learner.step(batch)
+            stats = rollout_stats(batch, rollouts)
+            if step == start + 1 and (hint := budget_warning(stats, cfg.sampling.max_new_tokens)):
+                log.warning("step %d: %s", step, hint)
             record = {
                 "step": step,
-                "reward_mean": sum(r.reward for r in rollouts) / len(rollouts),
                 "samples_seen": step * samples_per_step,
-                "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples)
-                / len(batch.samples),
-                **episode_stats(rollouts),
+                **stats,
                 **result.metrics,
                 "step_seconds": time.monotonic() - step_began,
             }

@@ -18,6 +18,8 @@ from trainer.config import SamplingConfig
 from trainer.context import Attempt, TeacherContextBuilder
 from trainer.sampler import Sampler
 
+EPISODE_METRICS = ("turns", "tool_calls", "tool_errors")  # counted per multi-turn episode
+
 
 @dataclass
 class Rollout:
@@ -189,3 +191,39 @@ def greedy_accuracy(
     ]
     scores = run_async(score_all(env, tasks, texts))
     return sum(s.verdict == "ok" for s in scores) / len(tasks)
+
+
+def episode_stats(rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """Per-step means of the episode metrics (`turns_mean`, ...); {} for single-turn rollouts."""
+    with_metrics = [r.metrics for r in rollouts if r.metrics]
+    if not with_metrics:
+        return {}
+    return {
+        f"{k}_mean": sum(m.get(k, 0) for m in with_metrics) / len(with_metrics)
+        for k in EPISODE_METRICS
+    }
+
+
+def rollout_stats(batch: Batch, rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """What a step's sampling looked like: mean reward, the fraction judged ok, response
+    length, the fraction cut off by `sampling.max_new_tokens` (`truncated_frac`) and, for
+    episodes, the means of the episode metrics."""
+    n = len(rollouts)
+    return {
+        "reward_mean": sum(r.reward for r in rollouts) / n,
+        "ok_fraction": sum(r.verdict == "ok" for r in rollouts) / n,
+        "response_tokens_mean": sum(len(s.response_ids) for s in batch.samples) / n,
+        "truncated_frac": sum(s.truncated for s in batch.samples) / n,
+        **episode_stats(rollouts),
+    }
+
+
+def budget_warning(stats: dict[str, float], max_new_tokens: int) -> str | None:
+    """A hint when a quarter or more of the responses ran into the token budget, else None."""
+    if stats.get("truncated_frac", 0.0) < 0.25:
+        return None
+    return (
+        f"{stats['truncated_frac']:.0%} of the responses ran into sampling.max_new_tokens="
+        f"{max_new_tokens}; raise it (a tool episode needs room for every call, tool output "
+        "and the answer)"
+    )

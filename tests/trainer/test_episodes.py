@@ -12,6 +12,7 @@ turns with an observation anyway, making its episodes multi-turn (plumbing, on p
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -25,14 +26,13 @@ from trainer.episodes import (
     collect_episodes,
     cut_turn,
     episode_prompt,
-    episode_stats,
     greedy_episode_accuracy,
     shortest_prefix,
 )
 from trainer.loop import Session, train
 from trainer.model import load_policy
 from trainer.presets import preset
-from trainer.rollout import Rollout, run_async
+from trainer.rollout import Rollout, budget_warning, episode_stats, run_async
 from trainer.sampler import Completion, TransformersSampler
 from trainer.tiny import build_tokenizer
 
@@ -427,3 +427,38 @@ def test_training_on_lookup_records_episode_stats_per_step(random_model_dir, tmp
         assert {"turns_mean", "tool_calls_mean", "tool_errors_mean", "loss"} <= record.keys()
         assert record["turns_mean"] >= 1.0
     assert 0.0 <= records[-1]["eval_accuracy"] <= 1.0
+
+
+def test_budget_warning_names_the_setting_once_a_quarter_is_cut_off():
+    assert budget_warning({"truncated_frac": 0.2}, 16) is None
+    hint = budget_warning({"truncated_frac": 0.25}, 16)
+    assert hint and "25% of the responses" in hint and "max_new_tokens=16; raise it" in hint
+
+
+@pytest.mark.parametrize(
+    ("model", "budget", "warned"), [("random", 4, True), ("tiny-tools", 160, False)]
+)
+def test_a_run_whose_responses_hit_the_budget_warns_at_its_first_step(
+    model, budget, warned, random_model_dir, tmp_path, caplog
+):
+    cfg = preset(
+        "sdpo",
+        {
+            "env": "lookup",
+            "model": str(random_model_dir) if model == "random" else model,
+            "steps": 1,
+            "prompts_per_step": 2,
+            "samples_per_prompt": 4,
+            "sampling": {"max_new_tokens": budget},
+            "eval": {"every": 1, "size": 1},
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="trainer.loop"):
+        train(cfg, tmp_path, device="cpu")
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[1])
+    hints = [r.message for r in caplog.records if "sampling.max_new_tokens=" in r.message]
+    if warned:
+        assert record["truncated_frac"] >= 0.5
+        assert len(hints) == 1 and f"max_new_tokens={budget}; raise it" in hints[0]
+    else:
+        assert record["truncated_frac"] < 0.25 and not hints
