@@ -163,3 +163,50 @@ def test_a_run_registered_started_and_followed_over_http_reports_everything_it_d
     ready = api.ready()
     assert ready["status"] == "ready", ready
     assert ready["checks"] == {"database": "ok", "bus": "ok", "worker": "ok"}
+
+
+def test_a_tool_run_over_http_shows_episodes_per_turn_metrics_and_masked_tool_output(api):
+    """`lookup` episodes with the shipped `tiny-tools`: the model calls the tool, reads its
+    output and answers; the API shows each episode's turns and the tool output unscored."""
+    api.register_environment("lookup", "lookup", {})
+    run = api.create_run(
+        "lookup",
+        model="tiny-tools",
+        algorithm="sdpo",
+        steps=2,
+        config={
+            "prompts_per_step": 4,
+            "samples_per_prompt": 4,
+            "sampling": {"max_new_tokens": 160},
+            "eval": {"every": 2, "size": 8},
+        },
+    )
+    kinds = [event.kind for event in api.events(run["id"])]
+    assert kinds[-1] == "completed", kinds
+
+    series = api.run_metrics(run["id"])
+    assert {"turns_mean", "tool_calls_mean", "tool_errors_mean", "truncated_frac"} <= series.keys()
+    trajectories = all_pages(api, run["id"], limit=50)
+    assert len(trajectories) == 2 * 16
+    for t in trajectories:
+        per_turn = t["metrics"]["per_turn"]
+        assert t["metrics"]["turns"] == len(per_turn) >= 1
+        assert (
+            sum(turn["tool"] == "lookup" and turn["ran"] for turn in per_turn)
+            == (t["metrics"]["tool_calls"])
+        )
+        assert t["policy_version"] == t["step"] - 1
+
+    called = [t for t in trajectories if t["metrics"]["tool_calls"] and t["verdict"] == "ok"]
+    assert called, "tiny-tools calls the tool in some episodes"
+    full = api.get_trajectory(run["id"], called[0]["id"])
+    assert "<tool_response>" in full["response"]
+    scores = full["token_scores"]
+    unscored = "".join(s["token"] for s in scores if s["log_ratio"] is None)
+    scored = "".join(s["token"] for s in scores if s["log_ratio"] is not None)
+    assert unscored.strip().startswith("<tool_response>")  # the tool output, masked
+    assert "<tool_call>" in scored and "<tool_response>" not in scored
+
+    failed = [t for t in trajectories if t["verdict"] != "ok" and t["teacher_context"]]
+    assert failed, "some episodes fail and get a teacher context"
+    assert any("A correct solution:\n<tool_call>" in t["teacher_context"] for t in failed)
