@@ -41,7 +41,10 @@ class Settings(BaseSettings):
         2, ge=1, description="latest per-step checkpoints kept besides the evaluated ones"
     )
     claim_idle_s: float = Field(
-        60.0, gt=0, description="a batch pending this long is taken from a silent worker"
+        60.0,
+        gt=0,
+        description="a batch pending this long is taken from a silent worker; also how long "
+        "a dead worker's training lock outlives it (a live one renews it)",
     )
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period")
     poll_s: float = Field(0.2, gt=0, description="how often loops look for new work")

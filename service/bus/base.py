@@ -149,7 +149,8 @@ class Bus(Protocol):
     def lock(
         self, name: str, ttl_s: float, *, wait_s: float | None = None
     ) -> AbstractAsyncContextManager[None]:
-        """Hold lock `name` (expires after `ttl_s` if the holder dies).
+        """Hold lock `name`; it expires `ttl_s` after its holder stops renewing it (dies),
+        however long the body runs.
 
         Waits forever by default; with `wait_s`, raises `LockNotAcquired` after that long.
         """

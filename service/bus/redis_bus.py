@@ -11,6 +11,7 @@ Keys (all under `prefix`):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -202,18 +203,33 @@ class RedisBus:
         )
         if not await held.acquire():
             raise LockNotAcquired(f"lock {name!r} not acquired within {wait_s}s")
+        renewing = asyncio.create_task(self._renew(held, name, ttl_s), name=f"renew {name}")
         try:
             yield
         except BaseException:
             # The body's own error (a cancellation, say) goes on; an expired lock must not
             # replace it (a swallowed CancelledError would leave a task that cannot stop).
+            await _stop(renewing)
             with suppress(LockError):
                 await held.release()
             raise
+        await _stop(renewing)
         try:
             await held.release()
         except LockError as e:
             raise LockLost(f"lock {name!r} expired before release (ttl {ttl_s}s)") from e
+
+    @staticmethod
+    async def _renew(held, name: str, ttl_s: float) -> None:
+        """Reset the lock's ttl every third of it while the body runs, so that it expires
+        `ttl_s` after its holder stops renewing (dies), however long the body takes."""
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                await held.reacquire()
+            except LockError:
+                log.warning("lock %r was lost while held (expired or taken)", name)
+                return
 
     # --- lifecycle ---
     async def ping(self) -> bool:
@@ -267,3 +283,10 @@ class _RedisEvents:
             pubsub, self._pubsub = self._pubsub, None
             await pubsub.unsubscribe()
             await pubsub.aclose()
+
+
+async def _stop(task: asyncio.Task) -> None:
+    """Cancel `task` and wait for it to end; a cancellation of the caller meanwhile still
+    propagates (`asyncio.wait` does not raise the task's own CancelledError)."""
+    task.cancel()
+    await asyncio.wait({task})

@@ -249,21 +249,41 @@ async def test_memory_bus_wakes_a_reader_on_another_threads_event_loop(bus):
     assert delivery.batch_id == "batch-0"
 
 
-async def test_a_task_cancelled_while_its_lock_expired_ends_cancelled(bus):
+async def test_a_task_cancelled_while_its_lock_expired_ends_cancelled(bus, prefix):
     """An expired lock must not turn a cancellation into LockLost: a caller that handles
     LockLost would swallow the cancellation and its task would never stop."""
     entered = asyncio.Event()
 
     async def hold() -> None:
-        async with bus.lock("short", ttl_s=0.1):
+        async with bus.lock("short", ttl_s=0.3):
             entered.set()
             await asyncio.sleep(10)
 
     task = asyncio.create_task(hold())
     await entered.wait()
-    await asyncio.sleep(0.3)  # the lock's ttl runs out (Redis; the in-process lock has none)
+    await delete_prefix(prefix)  # the lock expires under its holder (Redis; in-process: no-op)
+    await asyncio.sleep(0.2)  # its renewal finds it gone
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     async with bus.lock("short", ttl_s=1, wait_s=1):  # and it is free again
+        pass
+
+
+async def test_a_lock_held_past_its_ttl_is_renewed_and_still_excludes(bus):
+    """The ttl bounds how long a dead holder blocks others, not how long a body may run."""
+    entered = asyncio.Event()
+
+    async def long_step() -> None:
+        async with bus.lock("train", ttl_s=0.3):
+            entered.set()
+            await asyncio.sleep(1.2)  # four ttls
+
+    task = asyncio.create_task(long_step())
+    await entered.wait()
+    with pytest.raises(LockNotAcquired):
+        async with bus.lock("train", ttl_s=0.3, wait_s=0.9):
+            pass
+    await task  # released without LockLost
+    async with bus.lock("train", ttl_s=0.3, wait_s=0.1):
         pass
