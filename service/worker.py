@@ -114,6 +114,7 @@ class Worker:
             self.held.pop(run_id, None)  # their message ids died with the stream
             run = await asyncio.to_thread(self.repo.get_run, run_id)
             if run.status == RunStatus.running:
+                log.warning("run %d: its batch stream was lost (Redis flushed?)", run_id)
                 await republish_untrained(self.repo, self.bus, run_id)
             else:  # the orchestrator deleted the stream of a finished run under our read
                 await self.bus.delete_run(key)

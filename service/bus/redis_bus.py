@@ -71,7 +71,9 @@ class RedisBus:
 
     async def _lost(self, run_id: str, group: str, error: ResponseError) -> StreamLost:
         created = await self.ensure_group(run_id, group)
-        log.warning(
+        # The caller knows whether that matters (a finished run's stream is deleted on
+        # purpose, under a worker's blocked read), so it logs, not the bus.
+        log.debug(
             "run %s: consumer group %s was gone (%s); recreated=%s", run_id, group, error, created
         )
         return StreamLost(run_id, group)
