@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sandbox.base import SandboxSettings
-from service.bus import Bus
+from service.bus import Bus, LockLost, LockNotAcquired
 from service.bus.codec import encode_batch
 from service.runtime import TRAINERS, batch_id_for, cancel_and_wait, emit, republish_untrained
 from service.settings import Settings
@@ -114,8 +114,17 @@ class Orchestrator:
                 await asyncio.wait_for(self._wake.wait(), timeout=5 * self.settings.poll_s)
 
     async def _drive(self, run_id: int) -> None:
+        # One driver per run across API replicas: a lease renewed while this one drives,
+        # which expires `claim_idle_s` after its process dies. Elsewhere it is retried at
+        # every look for work.
+        lease = self.bus.lock(f"drive:{run_id}", ttl_s=self.settings.claim_idle_s, wait_s=0)
         try:
-            await RunDriver(self, run_id).drive()
+            async with lease:
+                await RunDriver(self, run_id).drive()
+        except LockNotAcquired:
+            log.debug("run %d is driven by another orchestrator", run_id)
+        except LockLost:
+            log.warning("run %d: the drive lease expired while driving it", run_id)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - one run fails, the service goes on

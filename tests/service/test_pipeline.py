@@ -225,3 +225,36 @@ async def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record
 
     run_id = await run_to_completion(stack, config(steps), during=flush_after_two_steps)
     assert_trained_exactly_once(repo, run_id, steps)
+
+
+async def test_two_orchestrators_drive_a_run_once(stack):
+    """API replicas each run an orchestrator: a run's drive lease lets one sample it."""
+    repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    run = repo.create_run(env.id, config())
+    opened: list[str] = []
+
+    def counting(name: str):
+        def open_policy(cfg, device):
+            opened.append(name)
+            return Session.open(cfg, device, train=False)
+
+        return open_policy
+
+    orchestrators = [
+        Orchestrator(repo, stack.bus, stack.settings, open_policy=counting(name))
+        for name in ("a", "b")
+    ]
+    worker = Worker(repo, stack.bus, stack.settings)
+    for orchestrator in orchestrators:
+        await orchestrator.start()
+    await worker.start()
+    try:
+        await until(finished(repo, run.id))
+    finally:
+        await worker.aclose()
+        for orchestrator in orchestrators:
+            await orchestrator.aclose()
+    assert len(opened) == 1, opened
+    assert_trained_exactly_once(repo, run.id, STEPS)
+    assert [e.kind for e in repo.events_after(run.id)].count("batch") == STEPS
