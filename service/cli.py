@@ -172,6 +172,7 @@ def tiny_build(
             task=task.value,
             max_steps=steps if task is TinyTask.tools else None,
         )
+        progress.update(bar, completed=total, status="done")  # a phase may stop early
     console.print(f"tiny {task.value} model written to {target}")
 
 
