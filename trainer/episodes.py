@@ -286,19 +286,25 @@ def greedy_episode_accuracy(
     builder: TeacherContextBuilder,
     max_new_tokens: int,
     max_turns: int | None = None,
+    prompts: Sequence[list[int]] | None = None,
 ) -> float:
-    """Fraction of tasks whose greedy episode the environment judges `ok`."""
+    """Fraction of tasks whose greedy episode the environment judges `ok`.
+
+    `prompts` overrides the student prompts (for example with teacher contexts, to
+    measure what the model can do with help).
+    """
     if not tasks:
         return 0.0
-    ids = []
-    for task in tasks:
-        text, prompt_builder = episode_prompt(env, task, builder)
-        ids.append(prompt_builder.student_prompt_ids(text))
+    if prompts is None:
+        prompts = []
+        for task in tasks:
+            text, prompt_builder = episode_prompt(env, task, builder)
+            prompts.append(prompt_builder.student_prompt_ids(text))
     played = run_async(
         run_episodes(
             env,
             tasks,
-            ids,
+            list(prompts),
             sampler=sampler,
             tokenizer=tokenizer,
             sampling=SamplingConfig(max_new_tokens=max_new_tokens),

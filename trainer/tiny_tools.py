@@ -321,29 +321,3 @@ def _learned(model, tokenizer, *, probes, threshold: float) -> bool:
         "tool corpus probe (nats per episode): %s", {k: round(v, 3) for k, v in losses.items()}
     )
     return max(losses.values()) < threshold
-
-
-def greedy_success(
-    model, tokenizer, env: LookupEnv, tasks: Sequence[Task], contexts: Sequence[str] | None = None
-) -> float:
-    """Fraction of `tasks` whose greedy episode the environment judges ok, prompted with
-    `contexts` (default: the student prompts), through the trainer's own episode loop."""
-    from trainer.config import SamplingConfig
-    from trainer.episodes import run_episodes
-    from trainer.rollout import run_async
-    from trainer.sampler import TransformersSampler
-
-    contexts = contexts or [env.prompt(t) for t in tasks]
-    played = run_async(
-        run_episodes(
-            env,
-            tasks,
-            [encode_prompt(tokenizer, c) for c in contexts],
-            sampler=TransformersSampler(model, tokenizer),
-            tokenizer=tokenizer,
-            sampling=SamplingConfig(max_new_tokens=EPISODE_TOKENS),
-            max_turns=env.config.max_turns,
-            greedy=True,
-        )
-    )
-    return sum(score.verdict == "ok" for _, score in played) / len(tasks)

@@ -12,16 +12,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.tools.calls import CLOSE
 from envs.tools.lookup import CONSONANTS, VOWELS, LookupConfig, LookupEnv
+from trainer.config import ContextConfig
+from trainer.context import TeacherContextBuilder
+from trainer.episodes import greedy_episode_accuracy
 from trainer.model import TINY_TOOLS_MODEL_DIR, resolve_model
+from trainer.sampler import TransformersSampler
 from trainer.tiny import build_tokenizer
 from trainer.tiny_tools import (
+    EPISODE_TOKENS,
     HELD_OUT_DOCUMENTS,
     IGNORE,
     ToolCorpus,
     ToolCorpusConfig,
     correct_episode,
     encode_episode,
-    greedy_success,
     hinted_context,
     made_up_code,
     misspell,
@@ -120,10 +124,23 @@ def test_tiny_tools_is_weak_alone_and_strong_with_a_sibling_or_feedback(shipped)
     env = LookupEnv()
     tasks = list(env.dataset("eval"))
     rng = random.Random(0)
-    alone = greedy_success(model, tokenizer, env, tasks)
+    builder = TeacherContextBuilder(tokenizer, ContextConfig())
+
+    def success(contexts=None):
+        return greedy_episode_accuracy(
+            env,
+            tasks,
+            sampler=TransformersSampler(model, tokenizer),
+            tokenizer=tokenizer,
+            builder=builder,
+            max_new_tokens=EPISODE_TOKENS,
+            prompts=None if contexts is None else [builder.encode(c) for c in contexts],
+        )
+
+    alone = success()
     sibling = [hinted_context(env, t, rng, sibling=True) for t in tasks]
     feedback = [hinted_context(env, t, rng, sibling=False) for t in tasks]
     assert 0.10 <= alone <= 0.35, alone
-    assert greedy_success(model, tokenizer, env, tasks, sibling) >= 0.90
-    assert greedy_success(model, tokenizer, env, tasks, feedback) >= 0.90
+    assert success(sibling) >= 0.90
+    assert success(feedback) >= 0.90
     assert TINY_TOOLS_MODEL_DIR.is_dir()
