@@ -77,11 +77,13 @@ def run_one(name: str, algorithm: str, seed: int, steps: int, every: int, overri
     return str(out)
 
 
-def load_curve(run: Path) -> dict[int, float]:
-    records = [
-        json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line
-    ]
-    return {r["samples_seen"]: r["eval_accuracy"] for r in records if "eval_accuracy" in r}
+def load_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def curve(records: list[dict], metric: str) -> dict[int, float]:
+    """`metric` by samples seen, over the records that have it."""
+    return {r["samples_seen"]: r[metric] for r in records if metric in r}
 
 
 def report(
@@ -92,8 +94,10 @@ def report(
     title: str = TITLES["arithmetic"],
     tag: str = "",
 ) -> str:
-    runs = {a: [RUNS / f"{prefix}{a}{tag}-seed{s}" for s in seeds] for a in algorithms}
-    curves = {a: [load_curve(run) for run in dirs] for a, dirs in runs.items()}
+    records = {
+        a: [load_records(RUNS / f"{prefix}{a}{tag}-seed{s}") for s in seeds] for a in algorithms
+    }
+    curves = {a: [curve(r, "eval_accuracy") for r in runs] for a, runs in records.items()}
     points = sorted(set.intersection(*(set(c) for runs in curves.values() for c in runs)))
     mean = {
         a: {p: statistics.mean(c[p] for c in runs) for p in points} for a, runs in curves.items()
@@ -117,29 +121,21 @@ def report(
             )
         else:
             lines.append(f"\nsdpo does not reach grpo's final accuracy ({target:.3f}).")
-    lines += ["", reward_table(runs, points)]
+    lines += ["", reward_table(records, points)]
     plot(curves, mean, points, png, title)
     return "\n".join(lines)
 
 
-def reward_table(runs: dict[str, list[Path]], points: list[int]) -> str:
+def reward_table(records: dict[str, list[list[dict]]], points: list[int]) -> str:
     """Mean training reward (the sampled responses' success) between consecutive eval
     points: how the whole sampling distribution moves, where greedy accuracy shows its mode."""
-    series = {}
-    for a, dirs in runs.items():
-        records = [
-            json.loads(line)
-            for run in dirs
-            for line in (run / "metrics.jsonl").read_text().splitlines()
-            if line
-        ]
-        series[a] = [(r["samples_seen"], r["reward_mean"]) for r in records if "reward_mean" in r]
-    lines = ["| samples | " + " | ".join(f"{a} training reward" for a in runs) + " |"]
-    lines.append("|" + " --- |" * (len(runs) + 1))
+    rewards = {a: [curve(r, "reward_mean") for r in runs] for a, runs in records.items()}
+    lines = ["| samples | " + " | ".join(f"{a} training reward" for a in records) + " |"]
+    lines.append("|" + " --- |" * (len(records) + 1))
     for low, high in zip(points, points[1:], strict=False):
         cells = []
-        for a in runs:
-            window = [r for n, r in series[a] if low < n <= high]
+        for a in records:
+            window = [r for c in rewards[a] for n, r in c.items() if low < n <= high]
             cells.append(f"{statistics.mean(window):.3f}" if window else "-")
         lines.append(f"| {low + 1}-{high} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
