@@ -48,7 +48,7 @@ from trainer.loop import Session
 from trainer.presets import preset
 from trainer.worker import RunTrainer
 
-from .conftest import REDIS_URL
+from .conftest import REDIS_URL, delete_prefix
 
 STEPS, PROMPTS, SAMPLES, EVAL_EVERY = 12, 2, 4, 4
 RUN_CONFIG = {
@@ -290,13 +290,7 @@ def cluster(tmp_path, postgres) -> Iterator[Cluster]:
         prefix = cluster.prefix
         cluster.close()
         postgres.drop(url)
-        client = redis.Redis.from_url(FAULTS_REDIS_URL)
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+        delete_prefix(FAULTS_REDIS_URL, prefix)
 
 
 def assert_trained_exactly_once(cluster: Cluster, run_id: int) -> None:
