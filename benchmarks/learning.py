@@ -27,7 +27,8 @@ HERE = Path(__file__).parent
 RUNS = HERE / "runs" / "learning"
 
 
-# Self-distillation variants, each a change from the sdpo preset (ALGORITHM.md sections 2, 4).
+# Self-distillation variants, each a change from the sdpo preset; their results are in
+# docs/algorithm.md "Measured behaviour".
 ABLATION: dict[str, tuple[str, dict]] = {
     "reverse-kl": ("sdpo", {"loss": {"distill": {"alpha": 1.0}}}),
     "forward-kl": ("sdpo", {"loss": {"distill": {"alpha": 0.0}}}),

@@ -1,7 +1,7 @@
 """Two-number addition: the smallest environment with privileged feedback.
 
 Prompts look like `12+34=`; the response is the number. A wrong answer's feedback
-carries the correct answer, which the teacher may read (ALGORITHM.md section 3).
+carries the correct answer, which the teacher may read (docs/algorithm.md "Teacher context").
 The eval split is a fixed, disjoint sample of all pairs, so held-out accuracy
 measures skill, not memory.
 

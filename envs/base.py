@@ -1,4 +1,4 @@
-"""The Environment interface (DESIGN.md "Environments").
+"""The Environment interface (envs/README.md).
 
 An environment is a dataset of tasks plus `score`, which judges one response and
 says why: a reward, a verdict, and feedback text the teacher can read.
@@ -47,7 +47,7 @@ class Task:
 class Score:
     """The environment's judgement of one response.
 
-    `feedback` is text for the teacher context (ALGORITHM.md section 3), or None when
+    `feedback` is text for the teacher context (docs/algorithm.md "Teacher context"), or None when
     there is nothing to say (a correct answer, usually).
     """
 

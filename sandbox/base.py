@@ -1,6 +1,6 @@
 """The Sandbox protocol: a program and its limits in, an execution record out.
 
-DESIGN.md "Sandbox": model-written code is hostile input. Every backend runs a
+docs/operating.md "Security": model-written code is hostile input. Every backend runs a
 `Program` under `Limits` and returns an `ExecutionRecord` with a `Verdict`.
 """
 

@@ -1,4 +1,4 @@
-"""Choose a sandbox backend by name, in one place (DESIGN.md "Sandbox")."""
+"""Choose a sandbox backend by name, in one place (docs/operating.md "Sandbox settings")."""
 
 from __future__ import annotations
 

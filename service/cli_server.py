@@ -138,8 +138,9 @@ async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
     The first signal cancels `main` (again every second until it ends: a library may
     swallow one cancellation, runtime.cancel_and_wait); a training step already running
     in a thread still finishes before the process exits, and a batch not yet acknowledged
-    is delivered again to another worker (trained once: DESIGN.md, the batch-id skip). A
-    second signal acts as usual (SIGINT raises KeyboardInterrupt, SIGTERM kills).
+    is delivered again to another worker (trained once, docs/architecture.md
+    "What survives which failure"). A second signal acts as usual (SIGINT raises
+    KeyboardInterrupt, SIGTERM kills).
     """
     from service.runtime import cancel_and_wait
 

@@ -1,4 +1,4 @@
-"""The orchestrator (DESIGN.md "The walk of one step", steps 1-6 and 8).
+"""The orchestrator (docs/architecture.md "The walk of one step", steps 1-6 and 11).
 
 One task per active run samples the next step's groups with its copy of the policy,
 has the environment score them, builds the teacher contexts (trainer.rollout.collect),

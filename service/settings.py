@@ -1,4 +1,4 @@
-"""Service settings, read from `OPSD_*` environment variables (DESIGN.md "Two ways to run").
+"""Service settings, read from `OPSD_*` environment variables (docs/operating.md "Settings").
 
 Nothing reads these globally: the app factory / worker entry point builds one `Settings`
 and passes what each part needs. Nested settings use `__`: `OPSD_SANDBOX__BACKEND=docker`,

@@ -1,4 +1,4 @@
-"""The trainer worker (DESIGN.md "The walk of one step", step 7).
+"""The trainer worker (docs/architecture.md "The walk of one step", steps 7-10).
 
 It joins the `trainers` consumer group of every running run's batch stream, trains
 each batch (trainer.worker.RunTrainer: optimiser step, then checkpoint), records the

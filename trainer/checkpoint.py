@@ -6,8 +6,8 @@ Layout of one checkpoint directory (`step-000050`, see `checkpoint_path`):
                                           loads it as a plain model
     adapter/                              LoRA only: the trainable adapter (peft format)
     tokenizer files                       `tokenizer.save_pretrained`
-    trainer_state.pt                      optimiser, scheduler, teacher (ALGORITHM.md
-                                          section 4) and the torch / python / numpy RNG states
+    trainer_state.pt                      optimiser, scheduler, teacher (docs/algorithm.md
+                                          "Teacher weights") and the torch / python / numpy RNG states
     state.json                            the caller's `state` (step, batch ids trained, ...)
 A checkpoint is written into a temporary sibling directory and renamed into place, so a
 directory named `step-*` is always complete.

@@ -1,4 +1,4 @@
-"""The whole training configuration: one typed model per concept (ALGORITHM.md).
+"""The whole training configuration: one typed model per concept (docs/algorithm.md).
 
 `RunConfig` is the single source of truth: validated at the API edge, stored with a
 run, and handed to the trainer unchanged.
@@ -17,7 +17,7 @@ class _Config(BaseModel):
 
 
 class DistillConfig(_Config):
-    """Self-distillation loss (ALGORITHM.md section 2)."""
+    """Self-distillation loss (docs/algorithm.md "Divergences", "Supports", "Stabilisers")."""
 
     alpha: float = Field(
         1.0, ge=0.0, le=1.0, description="0 forward KL, 1 reverse KL, between: JSD(alpha)"
@@ -37,7 +37,7 @@ class DistillConfig(_Config):
 
 
 class GRPOConfig(_Config):
-    """Group-relative policy optimisation (ALGORITHM.md section 5)."""
+    """Group-relative policy optimisation (docs/algorithm.md "GRPO")."""
 
     scaling: Literal["group", "batch", "none"] = "group"
     epsilon: float = Field(0.2, gt=0)
@@ -70,7 +70,7 @@ class LossConfig(_Config):
 
 
 class TeacherConfig(_Config):
-    """Which weights score the student's tokens (ALGORITHM.md section 4)."""
+    """Which weights score the student's tokens (docs/algorithm.md "Teacher weights")."""
 
     weights: Literal["frozen", "live", "ema", "trust_region"] = "frozen"
     rate: float = Field(0.05, gt=0.0, le=1.0, description="EMA rate r, or trust-region mix r")
@@ -85,7 +85,7 @@ _TEMPLATE_FIELDS = {
 
 
 class ContextConfig(_Config):
-    """How the teacher context is built from feedback (ALGORITHM.md section 3)."""
+    """How the teacher context is built from feedback (docs/algorithm.md "Teacher context")."""
 
     use_sibling: bool = True
     success_threshold: float = 1.0

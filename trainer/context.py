@@ -1,4 +1,4 @@
-"""Teacher context: the prompt plus the "extra knowledge" the teacher sees (ALGORITHM.md section 3).
+"""Teacher context: the prompt plus what else the teacher sees (docs/algorithm.md "Teacher context").
 
 For every attempt in a group (all samples of one prompt) we choose what goes into the
 teacher's context `x~`:
@@ -117,7 +117,7 @@ def render_teacher_texts(
     demonstration: str | None = None,
 ) -> list[str | None]:
     """One teacher context text per attempt of a group, or None where the attempt has no
-    teacher signal (ALGORITHM.md section 3). Not truncated: see `TeacherContextBuilder`."""
+    teacher signal (docs/algorithm.md "Teacher context"). Not truncated: see `TeacherContextBuilder`."""
     chosen = _choose_slots(attempts, cfg, ground_truth, demonstration)
     return [None if s is None else _render(prompt, s, cfg) for s in chosen]
 
@@ -150,7 +150,7 @@ def encode_prompt(tokenizer, text: str, tools: Sequence[dict] | None = None) -> 
 class TeacherContextBuilder:
     """Token ids of the student prompt and of the per-attempt teacher contexts.
 
-    Truncation (ALGORITHM.md section 3, `max_reprompt_tokens`): when a teacher context is
+    Truncation (docs/algorithm.md "Teacher context", `max_reprompt_tokens`): when a teacher context is
     too long, characters are dropped from the *left* of the privileged text, i.e. the
     solution and feedback values concatenated in the order the reprompt template places
     them, so that the end of the privileged text survives. The prompt and all template

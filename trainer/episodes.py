@@ -1,4 +1,4 @@
-"""Sampling multi-turn tool episodes into a trainable batch (envs/tools, DESIGN.md steps 1-5).
+"""Sampling tool episodes (envs/tools) into a batch (docs/architecture.md "The walk of one step").
 
 An episode is ONE response that alternates model turns and environment observations:
 
@@ -8,7 +8,7 @@ All G x P episodes of a step advance together, turn by turn: each turn is one ba
 sampler call over the episodes still running, each prompted with its student prompt plus
 its response so far. A model turn is cut after its first `</tool_call>` (what follows is
 never trained on, and a cut turn has no EOS); the environment answers with an observation
-whose tokens are appended with mask 0 and log-prob 0.0 (ALGORITHM.md section 2, masks).
+whose tokens are appended with mask 0 and log-prob 0.0 (docs/algorithm.md "Aggregation and masks").
 A turn without a call is the final answer and keeps its EOS. The episode's budget is
 `sampling.max_new_tokens` tokens over all its turns and observations; running into it
 truncates the episode. Each group's teacher prompts come from the same

@@ -1,4 +1,4 @@
-"""Self-distillation and GRPO losses as pure functions of tensors (ALGORITHM.md sections 2, 5).
+"""Self-distillation and GRPO losses as pure functions of tensors (docs/algorithm.md).
 
 Shapes: B samples, T response positions, V vocabulary, K gathered ids (top-k), N = B rewards
 laid out group-contiguous (P prompts x G samples). Log-probabilities are natural logs.
@@ -46,7 +46,7 @@ def _kl(logp: Tensor, logq: Tensor) -> Tensor:
 
 
 def divergence(logp_student: Tensor, logp_teacher: Tensor, alpha: float) -> Tensor:
-    """Per-position divergence D(S, T) of two normalised log-distributions (ALGORITHM.md section 2).
+    """Per-position D(S, T) of two normalised log-distributions (docs/algorithm.md "Divergences").
 
     alpha = 0: forward KL(T || S); alpha = 1: reverse KL(S || T); in between the generalised
     JSD with M = (1-alpha) S + alpha T: D = (1-alpha) KL(S || M) + alpha KL(T || M). Note that
@@ -70,7 +70,7 @@ def divergence(logp_student: Tensor, logp_teacher: Tensor, alpha: float) -> Tens
 def topk_support(
     logp_student: Tensor, logp_teacher: Tensor, k: int, tail: bool
 ) -> tuple[Tensor, Tensor]:
-    """Both distributions restricted to the student's top-k ids (ALGORITHM.md section 2, topk_logits).
+    """Both distributions restricted to the student's top-k ids (docs/algorithm.md "Supports").
 
     The ids come from the detached student. tail=True appends one bucket per distribution with
     the leftover mass log(1 - sum exp(logp_topk)) = log(-expm1(logsumexp(logp_topk))), the
@@ -97,7 +97,7 @@ def topk_support(
 
 
 def sampled_token_advantage(logp_student_token: Tensor, logp_teacher_token: Tensor) -> Tensor:
-    """A_t = sg[log q(y_t) - log pi(y_t)] (ALGORITHM.md section 2, sampled_token).  [B, T]"""
+    """A_t = sg[log q(y_t) - log pi(y_t)] (docs/algorithm.md "Supports").  [B, T]"""
     return (logp_teacher_token - logp_student_token).detach()
 
 
@@ -113,7 +113,7 @@ def distill_token_loss(
     cfg: DistillConfig,
     sampler_logp: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-token self-distillation loss (ALGORITHM.md section 2).
+    """Per-token self-distillation loss (docs/algorithm.md "Supports", "Stabilisers").
 
     Both logits are divided by cfg.temperature and log-softmaxed in float32; the teacher is
     detached here. Supports:
@@ -161,7 +161,7 @@ def distill_token_loss(
 def grpo_advantages(
     rewards: Tensor, group_size: int, scaling: Literal["group", "batch", "none"], eps: float
 ) -> Tensor:
-    """A = (r - mean_group(r)) / (std + eps) per sample (ALGORITHM.md section 5).
+    """A = (r - mean_group(r)) / (std + eps) per sample (docs/algorithm.md "GRPO").
 
     std is the unbiased group std ("group"), the unbiased std of all N rewards ("batch"), or
     no division ("none"). A group (or batch) of one sample has std 0 and advantage 0.
@@ -194,7 +194,7 @@ def _std(x: Tensor, dim: int) -> Tensor:
 def clipped_surrogate(
     logp: Tensor, logp_old: Tensor, advantages: Tensor, epsilon: float, epsilon_high: float | None
 ) -> Tensor:
-    """Per-token PPO/GRPO loss -min(r A, clip(r, 1-eps, 1+eps_high) A) (ALGORITHM.md section 5).
+    """Per-token PPO/GRPO loss -min(r A, clip(r, 1-eps, 1+eps_high) A) (docs/algorithm.md "GRPO").
 
     logp        # [B, T] log pi_theta(y_t), with grad
     logp_old    # [B, T] log-probs of the policy that sampled (detached here)
@@ -211,7 +211,7 @@ def clipped_surrogate(
 def aggregate(
     loss_per_token: Tensor, mask: Tensor, how: Literal["token_mean", "sequence_mean"]
 ) -> Tensor:
-    """Masked mean of a per-token loss (ALGORITHM.md section 2, aggregation).  -> scalar
+    """Masked mean of a per-token loss (docs/algorithm.md "Aggregation and masks").  -> scalar
 
     token_mean: over all unmasked tokens of the batch. sequence_mean: per-sequence mean, then
     the mean over sequences with at least one unmasked token. An all-zero mask gives 0 with the
@@ -239,7 +239,7 @@ def loss_mask(
     mask_truncated: bool,
     for_distill: bool,
 ) -> Tensor:
-    """Which tokens a loss term sees (ALGORITHM.md section 2, masks).  -> [B, T] float
+    """Which tokens a loss term sees (docs/algorithm.md "Aggregation and masks").  -> [B, T] float
 
     Response model tokens only (response_mask is 0 on padding and environment/tool tokens);
     for the distillation term, minus samples without teacher signal; minus truncated samples
@@ -260,7 +260,7 @@ def loss_mask(
 def policy_loss(
     student_logits: Tensor, teacher_logits: Tensor | None, batch: LossInputs, cfg: LossConfig
 ) -> tuple[Tensor, dict[str, float], Tensor]:
-    """The training loss: GRPO and self-distillation mixed (ALGORITHM.md section 5).
+    """The training loss: GRPO and self-distillation mixed (docs/algorithm.md "Mixing").
 
     Loss mix: L = (1-w) L_grpo + w L_distill, w = cfg.distill_weight; a term with weight 0 is
     not computed and teacher_logits may be None when w = 0. Advantage mix (cfg.advantage_mix =

@@ -1,4 +1,4 @@
-"""Sampling and scoring one step's groups (DESIGN.md steps 1-5).
+"""Sampling and scoring one step's groups (docs/architecture.md "The walk of one step", steps 2-4).
 
 `collect` takes tasks, samples G responses per task with the current policy, has
 the environment score them, builds each sample's teacher prompt from the group's
@@ -78,7 +78,7 @@ def assemble(
     use_ground_truth: bool,
     policy_version: int,
 ) -> tuple[Batch, list[Rollout]]:
-    """Build each group's teacher prompts from its judged attempts (ALGORITHM.md section 3)
+    """Build each group's teacher prompts from its judged attempts (docs/algorithm.md "Teacher context")
     and lay out the trainable `Batch` and the readable rollouts.
 
     Per task (P of them): the student prompt text and its ids (`builder` encodes the

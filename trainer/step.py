@@ -1,4 +1,4 @@
-"""The training step (DESIGN.md step 7): score with the teacher, one optimiser step.
+"""One training step: teacher scoring, one optimiser step (docs/algorithm.md "The training step").
 
 `Learner` owns the optimiser, the learning-rate schedule and the teacher. It takes
 a `Batch` and returns the step's metrics plus the per-token teacher-student

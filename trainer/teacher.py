@@ -1,4 +1,4 @@
-"""Teacher weights: which network scores the student's tokens (ALGORITHM.md section 4).
+"""Teacher weights: which network scores the student's tokens (docs/algorithm.md "Teacher weights").
 
 The teacher is the policy's own network under other weights:
 - `frozen`: the initial policy. Full fine-tuning keeps a frozen copy; LoRA runs the

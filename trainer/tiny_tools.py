@@ -3,12 +3,12 @@
 Every document is an episode played through the environment itself, so its text is
 exactly what the trainer samples and the environment answers: the plain student
 prompt, then model turns and `<tool_response>` observations. The loss covers the
-model's own tokens only; the observations are masked, as in training (ALGORITHM.md
-section 2). A turn that calls a tool is trained to end with EOS where the observation
+model's own tokens only; the observations are masked, as in training (docs/algorithm.md
+"Aggregation and masks"). A turn that calls a tool is trained to end with EOS where the observation
 begins, as a chat model ends its turn after a call; the trainer cuts the turn after
 `</tool_call>` anyway, so that EOS is never part of an episode, it only stops sampling.
 
-The corpus gives self-distillation room to work (ALGORITHM.md section 3):
+The corpus gives self-distillation room to work (docs/algorithm.md "Teacher context"):
 - *plain* episodes (the student prompt alone) use the tool reliably only for names
   whose first letter is in a small set (about a quarter of names). For the other
   names they mostly answer at once with a code made up from the name (a confident
@@ -171,7 +171,7 @@ def failed_episode(env: LookupEnv, task: Task, rng: random.Random) -> Played:
 def hinted_context(env: LookupEnv, task: Task, rng: random.Random, sibling: bool) -> str:
     """A teacher context for `task`, as training builds it (default templates): a
     successful sibling's transcript, or else the feedback on a failed attempt (the
-    student's own attempt is never shown, ALGORITHM.md section 3)."""
+    student's own attempt is never shown, docs/algorithm.md "Teacher context")."""
     failed = failed_episode(env, task, rng)
     attempts = [Attempt(failed.transcript, failed.score.reward, failed.score.feedback)]
     if sibling:

@@ -1,4 +1,4 @@
-"""The trainer's side of one run (DESIGN.md step 7), with no knowledge of SQL or HTTP.
+"""The trainer's side of one run, without SQL or HTTP (docs/architecture.md "The walk of one step").
 
 `RunTrainer` holds the policy being trained, its optimiser and teacher, and makes
 training exactly-once across crashes: every optimiser step is followed by a

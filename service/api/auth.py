@@ -1,6 +1,6 @@
 """The bearer token that guards mutating calls, and the refusal to listen publicly without one.
 
-DESIGN.md "API conventions": a bearer token guards every mutating call when the
+docs/operating.md "Security": a bearer token guards every mutating call when the
 server listens beyond localhost. Reads (GET) stay open. `check_bind` is what
 `opsd serve` calls before it starts listening.
 """

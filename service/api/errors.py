@@ -1,4 +1,4 @@
-"""Typed exceptions -> HTTP errors, in one place (DESIGN.md "API conventions", STYLE.md).
+"""Typed exceptions -> HTTP errors, in one place (docs/contributing.md "Configuration and errors").
 
 Every error response is `{"error": {"code", "message", "details"}}`: 4xx for the
 caller's mistakes (never a 500 for bad input), 500 `internal_error` with a generic

@@ -1,6 +1,6 @@
 """The bus: what moves between the orchestrator and the trainer workers.
 
-One protocol, two implementations (DESIGN.md "Storage", "Two ways to run"):
+One protocol, two implementations (docs/architecture.md "The record and the bus"):
 `redis_bus.RedisBus` (distributed) and `memory_bus.MemoryBus` (embedded, one process).
 `service.bus.make_bus` picks one.
 

@@ -2,7 +2,7 @@
 
 The run's configuration is built exactly as `opsd train` builds it: the algorithm's
 preset with the caller's nested overrides merged on top (trainer.presets), validated
-as one `RunConfig` (STYLE.md: one configuration model, no drifting copy).
+as one `RunConfig` (one configuration model, no drifting copy: docs/contributing.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The record (DESIGN.md "Storage"): SQLAlchemy models for Postgres and SQLite alike.
+"""The record's models, for Postgres and SQLite alike (docs/architecture.md "The record and the bus").
 
 Every change here needs an Alembic migration under `service/migrations/versions/`;
 `tests/service/storage/test_migrations.py` fails when models and migrations drift.
@@ -173,7 +173,7 @@ class TokenScores(Base):
 
 
 class PendingBatch(Base):
-    """A published batch, kept until trained: Redis is not the record (DESIGN.md "Storage").
+    """A published batch, kept until trained (docs/architecture.md "The record and the bus").
 
     The orchestrator writes it before publishing on the bus; the worker reads the
     rollouts from here when it records the step and sets `trained` in the same

@@ -1,4 +1,4 @@
-"""compose.yaml, compose.gpu.yaml and the Dockerfile: every service wired as DESIGN.md says.
+"""compose.yaml, compose.gpu.yaml, Dockerfile: wired as in docs/architecture.md "Two deployments".
 
 These read the files (no Docker engine needed): images and builds, start order,
 health checks, the URLs between services, the shared volume, the GPU override, and

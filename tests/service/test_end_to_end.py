@@ -144,7 +144,7 @@ def test_a_run_registered_started_and_followed_over_http_reports_everything_it_d
     # -- one wrong answer in full: feedback, teacher context, per-token scores ------------
     full = api.get_trajectory(run_id, wrong[0]["id"])
     assert full["feedback"] and full["teacher_context"]
-    # the teacher saw the prompt and the environment's feedback (ALGORITHM.md section 3)
+    # the teacher saw the prompt and the environment's feedback (docs/algorithm.md "Teacher context")
     assert full["prompt"] in full["teacher_context"]
     assert full["feedback"] in full["teacher_context"]
     scores = full["token_scores"]

@@ -1,4 +1,4 @@
-"""Teacher context construction (ALGORITHM.md section 3)."""
+"""Teacher context construction (docs/algorithm.md "Teacher context")."""
 
 import pydantic
 import pytest

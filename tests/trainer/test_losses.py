@@ -1,4 +1,4 @@
-"""Tests of trainer/losses.py against hand computations (ALGORITHM.md sections 2 and 5)."""
+"""Tests of trainer/losses.py against hand computations (docs/algorithm.md)."""
 
 import math
 

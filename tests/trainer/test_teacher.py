@@ -1,4 +1,4 @@
-"""Teacher weights (ALGORITHM.md section 4) on a tiny Llama, full fine-tuning and LoRA."""
+"""Teacher weights (docs/algorithm.md "Teacher weights") on a tiny Llama, full fine-tuning and LoRA."""
 
 from __future__ import annotations
 
