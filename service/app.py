@@ -6,7 +6,11 @@ With `background=True` the orchestrator (and, when settings say so, an in-proces
 trainer worker) run for the app's lifetime; tests that only exercise HTTP pass
 `background=False` so that nothing trains.
 
-    uvicorn --factory service.app:create_app
+    uvicorn --factory service.app:create_app     # OPSD_* settings, as `opsd serve`
+
+Every way of starting the app refuses a public address without a token (`check_bind`),
+and every request passes `service.api.edge.EdgeGuard` first. /docs and /redoc load
+their scripts from this server (fastapi-offline ships them), so they work offline.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from alembic.script import ScriptDirectory
 from anyio import to_thread
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.engine import make_url
 
-from service.api.auth import configured_token, document_bearer_auth, require_token
+from service.api.auth import check_bind, configured_token, document_bearer_auth
 from service.api.deps import (
     BusDep,
     RepoDep,
@@ -32,6 +37,7 @@ from service.api.deps import (
     get_services,
     get_settings,
 )
+from service.api.edge import EdgeGuard
 from service.api.errors import install_error_handlers
 from service.api.metrics import AppMetrics, MetricsMiddleware
 from service.bus import make_bus
@@ -50,8 +56,13 @@ DESCRIPTION = """On-policy self-distillation of language models from environment
 Register environments, start runs, and follow them: metrics, trajectories with
 per-token teacher-student log-ratios, checkpoints, and live events (SSE).
 Errors are `{"error": {"code", "message", "details"}}`. When the server has an API
-token, mutating calls need `Authorization: Bearer <token>`.
+token, every call but /healthz, /readyz and the documentation needs
+`Authorization: Bearer <token>` (a read token allows GET only).
 """
+DOCS_ASSETS = "/static-offline-docs"  # where fastapi-offline mounts the docs' scripts
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 
 
 def is_sqlite(url: str) -> bool:
@@ -98,8 +109,10 @@ async def open_services(settings: Settings, *, background: bool) -> AsyncIterato
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
-    """The opsd API. `settings` default to the `OPSD_*` environment variables."""
+    """The opsd API. `settings` default to the `OPSD_*` environment variables.
+    InsecureBind if they name a public address and no token."""
     settings = settings or Settings()
+    check_bind(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,15 +120,19 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             app.state.services = services
             yield
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="opsd",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[Depends(require_token)],
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no call to an outside validator
     )
     app.state.metrics = AppMetrics()
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(
+        EdgeGuard, settings=settings, open_paths=OPEN_PATHS, open_prefix=DOCS_ASSETS + "/"
+    )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts refusals
     install_error_handlers(app)
     routers = [health_router, environments_router, runs_router]
     for router in routers:
@@ -123,7 +140,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     # The flat route table, for the `Allow` header of a 405 (see service.api.errors).
     app.state.api_routes = [route for router in routers for route in router.routes]
     if configured_token(settings) is not None:
-        document_bearer_auth(app)
+        document_bearer_auth(app, OPEN_PATHS)
     return app
 
 

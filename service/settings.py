@@ -8,9 +8,10 @@ and passes what each part needs. Nested settings use `__`: `OPSD_SANDBOX__BACKEN
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sandbox.base import SandboxSettings
 
@@ -27,10 +28,23 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(None, description="Redis URL; None = the in-process bus")
     api_token: str | None = Field(
-        None, description="bearer token for mutating calls; required beyond localhost"
+        None,
+        description="bearer token for every call (not probes, docs); required beyond localhost",
+    )
+    read_token: str | None = Field(
+        None, description="bearer token for reads only (GET, HEAD); needs OPSD_API_TOKEN"
     )
     host: str = Field("127.0.0.1", description="address the API listens on")
     port: int = Field(8000, ge=1, le=65535, description="port the API listens on")
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="names the API answers to in `Host` (and `Origin` on mutating calls), "
+        "comma-separated, `*` for any; default: localhost, 127.0.0.1, ::1 and OPSD_HOST, "
+        "or any when OPSD_HOST is a wildcard address (0.0.0.0, ::)",
+    )
+    max_body_bytes: int = Field(
+        4 << 20, ge=1, description="largest request body accepted; larger ones get a 413"
+    )
     embedded_worker: bool | None = Field(
         None,
         description="train inside the API process; default: yes without Redis, no with it",
@@ -62,6 +76,21 @@ class Settings(BaseSettings):
     def run_dir(self, run_id: int) -> Path:
         """Checkpoints and plots of one run."""
         return self.data_dir / "runs" / str(run_id)
+
+    @field_validator("read_token")
+    @classmethod
+    def read_token_needs_api_token(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not info.data.get("api_token"):
+            raise ValueError("needs OPSD_API_TOKEN as well (without it nothing is guarded)")
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def split_hosts(cls, value: Any) -> Any:
+        """`a.example, b.example` -> a list; empty -> the default."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()] or None
+        return value
 
     @model_validator(mode="after")
     def default_database(self) -> Settings:

@@ -4,6 +4,10 @@ Every error response is `{"error": {"code", "message", "details"}}`: 4xx for the
 caller's mistakes (never a 500 for bad input), 500 `internal_error` with a generic
 message for bugs (the exception is logged, not shown). Route modules only raise typed
 exceptions; `install_error_handlers` maps them.
+
+An error never echoes the request: validation errors say where (`loc`) and what
+(`msg`, `type`) for the first MAX_ERRORS problems, without pydantic's `input`, and
+every text in an error is cut at MAX_TEXT characters.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from envs.registry import InvalidEnvConfig, UnknownEnvironment
 from service.storage import AlreadyExists, Conflict, InvalidCursor, NotFound
 
 log = logging.getLogger(__name__)
+
+MAX_ERRORS = 20  # validation problems reported per response
+MAX_TEXT = 200  # characters of any string in `details`
+MAX_MESSAGE = 500  # characters of `message`
 
 
 class ErrorDetail(BaseModel):
@@ -46,9 +54,18 @@ class ModelUnavailable(ValueError):
     """The requested model cannot be used (no such local directory, not loadable)."""
 
 
+class BodyTooLarge(HTTPException):
+    """The request body passed `limit` bytes (raised while it streams in)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the {limit}-byte limit")
+        self.limit = limit
+
+
 _DESCRIPTIONS = {
     400: "Bad request: a body that cannot be parsed, or an invalid pagination cursor",
     401: "Missing or wrong bearer token",
+    403: "The token allows reads only, or the request comes from a place not served",
     404: "No such resource",
     409: "Conflicts with the current state",
     422: "The request does not validate",
@@ -61,34 +78,48 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
+def cut(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def json_safe(value: Any) -> Any:
-    """Plain JSON from anything found in an error (exceptions, bytes, NaN become text)."""
-    if value is None or isinstance(value, bool | int | str):
+    """Plain JSON from anything found in an error (exceptions, bytes, NaN become text),
+    with texts cut at MAX_TEXT characters and collections at MAX_ERRORS items."""
+    if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        items = list(value.items())[:MAX_ERRORS]
+        return {cut(str(k)): json_safe(v) for k, v in items}
     if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(v) for v in value]
+        return [json_safe(v) for v in list(value)[:MAX_ERRORS]]
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+        value = value[: MAX_TEXT * 4].decode("utf-8", "replace")
+    return cut(str(value))
 
 
 def validation_details(errors: list[Any]) -> list[Any]:
-    """Pydantic error dicts made JSON-safe, without the documentation `url`."""
+    """Where and what of the first MAX_ERRORS pydantic errors; never their `input`."""
     return [
-        json_safe({k: v for k, v in e.items() if k != "url"}) if isinstance(e, dict) else str(e)
-        for e in errors
+        {"loc": e.get("loc"), "msg": e.get("msg"), "type": e.get("type")}
+        if isinstance(e, dict)
+        else str(e)
+        for e in errors[:MAX_ERRORS]
     ]
+
+
+def validation_message(message: str, errors: list[Any]) -> str:
+    """`message`, saying how many problems there are when not all are shown."""
+    shown = f", the first {MAX_ERRORS} shown" if len(errors) > MAX_ERRORS else ""
+    return f"{message} ({len(errors)} errors{shown})" if len(errors) > 1 else message
 
 
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict | None = None
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": json_safe(details)}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    error = {"code": code, "message": cut(message, MAX_MESSAGE), "details": json_safe(details)}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def status_code_name(status: int) -> str:
@@ -132,8 +163,12 @@ def typed_error(request: Request, exc: Exception) -> JSONResponse:
         message = "the database refused the request" if status == 422 else "database unavailable"
         return error_response(status, code, message)
     cause = exc.__cause__
-    details = validation_details(cause.errors()) if isinstance(cause, ValidationError) else None
-    return error_response(status, code, str(exc), details)
+    if isinstance(cause, ValidationError):
+        errors = cause.errors()
+        return error_response(
+            status, code, validation_message(str(exc), errors), validation_details(errors)
+        )
+    return error_response(status, code, str(exc))
 
 
 def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -156,9 +191,17 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 def request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(
-        422, "validation_error", "the request does not validate", validation_details(exc.errors())
-    )
+    errors = list(exc.errors())
+    message = validation_message("the request does not validate", errors)
+    return error_response(422, "validation_error", message, validation_details(errors))
+
+
+def too_large(exc: BodyTooLarge) -> JSONResponse:
+    return error_response(413, "content_too_large", str(exc.detail), {"limit_bytes": exc.limit})
+
+
+def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+    return too_large(exc)
 
 
 def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -168,6 +211,7 @@ def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, request_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(BodyTooLarge, body_too_large)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
     for cls, _, _ in TYPED_ERRORS:
         app.add_exception_handler(cls, typed_error)

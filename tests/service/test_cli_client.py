@@ -258,7 +258,7 @@ def test_an_unreachable_server_is_reported_with_a_hint(monkeypatch):
     assert_clean_failure(result, f"no opsd server answers at {url}", "opsd serve")
 
 
-def test_a_guarded_server_refuses_a_mutating_call_without_the_token(guarded, monkeypatch):
+def test_a_guarded_server_refuses_a_call_without_the_token(guarded, monkeypatch):
     without = opsd("envs", "register", "guarded-env", "--kind", "arithmetic", url=guarded.url)
     reads = opsd("envs", "list", url=guarded.url)
     with_flag = opsd(
@@ -266,9 +266,11 @@ def test_a_guarded_server_refuses_a_mutating_call_without_the_token(guarded, mon
     )
     monkeypatch.setenv("OPSD_API_TOKEN", TOKEN)
     with_env = opsd("runs", "create", "--env", "guarded-env", "--steps", "1", url=guarded.url)
+    reads_with_env = opsd("envs", "list", url=guarded.url)
 
     assert_clean_failure(without, "bearer token", "OPSD_API_TOKEN")
-    assert reads.exit_code == 0, reads.output
+    assert_clean_failure(reads, "bearer token", "OPSD_API_TOKEN")
+    assert reads_with_env.exit_code == 0, reads_with_env.output
     assert with_flag.exit_code == 0, with_flag.output
     assert with_env.exit_code == 0, with_env.output
 

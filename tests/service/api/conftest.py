@@ -71,10 +71,13 @@ def sqlite_settings(tmp_path) -> Settings:
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., TestClient]]:
     """Factory: a started TestClient of an app with `settings` (closed after the test);
-    nothing trains unless `background=True`."""
+    nothing trains unless `background=True`. Requests come from a loopback client to
+    `localhost`, as a local caller's would (a server without a token serves no other)."""
     clients: list[TestClient] = []
 
     def make(settings: Settings, *, background: bool = False, **client_kwargs: Any) -> TestClient:
+        client_kwargs.setdefault("base_url", "http://localhost")
+        client_kwargs.setdefault("client", ("127.0.0.1", 50000))
         client = TestClient(create_app(settings, background=background), **client_kwargs)
         client.__enter__()
         clients.append(client)
