@@ -6,12 +6,15 @@ a read-only root holding only /usr (and the usual links) and a few /etc files, a
 fresh read-only /dev and /proc, size-capped tmpfs on /tmp and /dev/shm, a scrubbed
 environment and, when the service runs as root, the unprivileged `run_as_uid`.
 sandbox/warm.py runs as the jail's pid 1 and gives each job rlimits, kills all it
-left behind and wipes /tmp, /dev/shm and IPC (see warm.py).
+left behind and wipes /tmp, /dev/shm and IPC (see warm.py). Where the host can make
+memory cgroups (sandbox/cgroup.py), each worker's jobs run in one, capped at their
+memory, /tmp and /dev/shm limits together: a cap on all they hold, wherever.
 Install with `apt-get install -y bubblewrap`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 
 from sandbox.base import Limits, MiB, SandboxSettings
+from sandbox.cgroup import JobCgroup, MemoryCgroups
 from sandbox.pool import CLEAN_ENV, WARM_SOURCE, WarmSandbox, Worker, default_python, spawn_process
 from sandbox.seccomp import deny_list_filter
 
@@ -35,9 +39,13 @@ def _supports_disable_userns(bwrap: str) -> bool:
 
 
 def bwrap_argv(
-    settings: SandboxSettings, limits: Limits, seccomp_fd: int | None = None
+    settings: SandboxSettings,
+    limits: Limits,
+    seccomp_fd: int | None = None,
+    cgroup_fd: int | None = None,
 ) -> list[str]:
-    """The bubblewrap command line of one jailed warm worker."""
+    """The bubblewrap command line of one jailed warm worker; its jobs join the memory
+    cgroup whose `cgroup.procs` is open as `cgroup_fd`, if given."""
     bwrap = shutil.which(settings.bwrap_path) or settings.bwrap_path
     argv = [bwrap, "--unshare-user", "--unshare-pid", "--as-pid-1", "--unshare-net"]
     argv += ["--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
@@ -62,7 +70,13 @@ def bwrap_argv(
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
     argv += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
     argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
-    return [*argv, default_python(settings.python), "-c", WARM_SOURCE, "jail"]
+    argv += [default_python(settings.python), "-c", WARM_SOURCE, "jail"]
+    return argv if cgroup_fd is None else [*argv, "/tmp", str(cgroup_fd)]
+
+
+def job_memory_bytes(limits: Limits) -> int:
+    """The cap of a job's memory cgroup: what it may hold in memory, /tmp and /dev/shm."""
+    return limits.memory_bytes + limits.tmp_bytes + SHM_BYTES
 
 
 def run_as(uid: int) -> dict[str, object]:
@@ -84,8 +98,15 @@ def unavailable(settings: SandboxSettings) -> str | None:
 class BwrapSandbox(WarmSandbox):
     name = "bwrap"
 
+    def __init__(self, settings: SandboxSettings) -> None:
+        super().__init__(settings)
+        self._cgroups = MemoryCgroups(self.label)
+
     def _fits(self, worker: Worker, limits: Limits) -> bool:
-        return worker.limits is not None and worker.limits.tmp_bytes == limits.tmp_bytes
+        made_for = worker.limits
+        if made_for is None or made_for.tmp_bytes != limits.tmp_bytes:
+            return False
+        return worker.memory is None or made_for.memory_bytes == limits.memory_bytes
 
     async def _spawn(self, slot: int, limits: Limits) -> Worker:
         program, read_fd = deny_list_filter(), None
@@ -97,16 +118,44 @@ class BwrapSandbox(WarmSandbox):
                 os.write(write_fd, program)  # far below a pipe's capacity
             finally:
                 os.close(write_fd)
+        group = self._cgroups.create(job_memory_bytes(limits))
+        procs_fd = None
         try:
-            argv = bwrap_argv(self.settings, limits, seccomp_fd=read_fd)
-            return await spawn_process(
+            procs_fd = group.open_procs() if group else None
+            argv = bwrap_argv(self.settings, limits, seccomp_fd=read_fd, cgroup_fd=procs_fd)
+            worker = await spawn_process(
                 argv,
                 self.label,
                 CLEAN_ENV,
                 limits,
-                pass_fds=() if read_fd is None else (read_fd,),
+                pass_fds=tuple(fd for fd in (read_fd, procs_fd) if fd is not None),
                 **run_as(self.settings.run_as_uid),
             )
+        except BaseException:
+            if group:
+                group.remove()
+            raise
         finally:
-            if read_fd is not None:
-                os.close(read_fd)
+            for fd in (read_fd, procs_fd):
+                if fd is not None:
+                    os.close(fd)
+        if group:
+            _attach(worker, group)
+        return worker
+
+
+def _attach(worker: Worker, group: JobCgroup) -> None:
+    """Count the OOM kills of `group` as the worker's; remove it when the worker stops."""
+    stop = worker.stop
+
+    async def stop_and_remove() -> str | None:
+        detail = await stop()
+        for _ in range(200):  # the kernel frees a killed job's group a moment later
+            if group.remove():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            logger.warning("bwrap sandbox: memory cgroup %s is still busy", group.path)
+        return detail
+
+    worker.memory, worker.stop = group, stop_and_remove

@@ -2,7 +2,9 @@
 
 A backend starts workers (sandbox/warm.py behind a jail, in a container, or bare)
 and talks to each over a pair of streams. `WarmSandbox` keeps `settings.workers`
-of them, hands each run to an idle one, and replaces any that misbehaves.
+of them, hands each run to an idle one, and replaces any that misbehaves. Before a
+worker takes its next job, it must have said that it cleaned up after the last
+one; one that cannot (or died meanwhile) is replaced first.
 """
 
 from __future__ import annotations
@@ -57,8 +59,13 @@ class Reader(Protocol):
     async def readexactly(self, n: int) -> bytes: ...
 
 
+class OomCounter(Protocol):
+    def oom_kills(self) -> int: ...
+
+
 class Worker:
-    """A started warm worker: its stdout as `reader`, stdin as `writer`, and `stop`."""
+    """A started warm worker: its stdout as `reader`, stdin as `writer`, and `stop`;
+    `memory`, where the host holds its jobs' memory cgroup, counts their OOM kills."""
 
     def __init__(
         self,
@@ -66,9 +73,12 @@ class Worker:
         writer: asyncio.StreamWriter,
         stop: Callable[[], Awaitable[str | None]],
         limits: Limits | None = None,
+        memory: OomCounter | None = None,
     ) -> None:
         self.reader, self.writer, self.stop = reader, writer, stop
         self.limits = limits  # what it was made for: a jail's /tmp, a container's cgroup
+        self.memory = memory
+        self.cleaning = False  # a job ended; its clean-up report is still to come
 
     async def _frame(self, limit: int) -> bytes:
         (n,) = warm.FRAME.unpack(await self.reader.readexactly(warm.FRAME.size))
@@ -84,13 +94,27 @@ class Worker:
         return hello
 
     async def call(self, header: dict[str, Any], payload: bytes, limits: Limits):
+        oom_before = self.memory.oom_kills() if self.memory else 0
         head = json.dumps(header).encode()
         self.writer.write(warm.FRAME.pack(len(head)) + head)
         self.writer.write(warm.FRAME.pack(len(payload)) + payload)
         await self.writer.drain()
         raw = json.loads(await self._frame(1 << 20))
         output = await self._frame(2 * limits.output_bytes)
+        self.cleaning = True
+        if self.memory and self.memory.oom_kills() > oom_before:
+            raw["oom"] = True  # the kernel killed one of the job's processes
         return raw, output
+
+    async def settle(self) -> None:
+        """Wait for the report on the last job's clean-up; raise unless it is clean."""
+        if not self.cleaning:
+            return
+        report = json.loads(await self._frame(1 << 16))
+        await self._frame(0)
+        if not report.get("clean"):
+            raise SandboxError(f"worker could not clean up: {report.get('error')}")
+        self.cleaning = False
 
 
 def _as_bytes(data: str | bytes) -> bytes:
@@ -181,6 +205,8 @@ class WarmSandbox:
         header, payload = encode(program, limits)
         slot, worker = await self._idle.get()
         try:
+            if worker is not None and not await self._settled(slot, worker):
+                worker = None
             if worker is not None and not self._fits(worker, limits):
                 await worker.stop()
                 worker = None
@@ -215,6 +241,16 @@ class WarmSandbox:
                 await worker.stop()
                 worker = None
             self._idle.put_nowait((slot, worker))
+
+    async def _settled(self, slot: int, worker: Worker) -> bool:
+        """Whether `worker` cleaned up after its last job; else it is stopped."""
+        try:
+            await asyncio.wait_for(worker.settle(), self.settings.start_timeout_seconds)
+            return True
+        except (OSError, EOFError, ValueError, SandboxError, TimeoutError) as e:  # or it died
+            logger.error("%s: worker %d is not clean, replacing it: %r", self.label, slot, e)
+        await worker.stop()
+        return False
 
     def _record(self, verdict: Verdict, **fields: Any) -> ExecutionRecord:
         return ExecutionRecord(verdict=verdict, backend=self.name, unsafe=self.unsafe, **fields)

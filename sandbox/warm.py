@@ -10,12 +10,15 @@ which its jobs can neither kill (the kernel drops their signals to it) nor trace
 (it is not dumpable). It forks each job, enforces wall time, output size and total
 memory, and when the job ends it kills every other process in the namespace,
 reaps them and wipes /tmp, /dev/shm and System V IPC before the next job.
+Each job asks the kernel's OOM killer to choose it first (oom_score_adj 1000) and,
+given the descriptor of a memory cgroup's process list (bwrap), moves itself there.
 A `python3 file.py` job runs in the forked interpreter itself (no start-up cost);
 any other command is executed. Mode "plain": no isolation at all (unsafe).
 
 Frames: 4-byte big-endian length, then bytes. A request is a JSON header frame
 and a payload frame (the files, then stdin); a response is a JSON header frame
-and a payload frame (stdout, then stderr).
+and a payload frame (stdout, then stderr). After each response, once the job's
+leftovers are gone, the worker sends {"clean": true}, or {"clean": false} and exits.
 """
 
 import ctypes
@@ -26,6 +29,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import struct
 import sys
 import time
@@ -38,6 +42,8 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 TICK_SECONDS = 0.02  # how often a running job's total memory is sampled...
 MEMORY_AFTER_SECONDS = 0.05  # ...once it has run this long (each process has RLIMIT_AS)
 JOB_NICENESS = 10  # below the worker, which must keep its clock even under a fork bomb
+ENDED = (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)  # not a stop: a traced job stops
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -168,17 +174,24 @@ def _run_python(script, argv):
     return status
 
 
-def _job(mode, job, files, workdir, fds, status_w):
+def _job(mode, job, files, workdir, fds, status_w, cgroup_fd):
     """The program's process: set up, then become the program. Never returns."""
     try:
         if mode == "plain":  # elsewhere the worker's death ends the whole namespace
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if cgroup_fd is not None:  # "0": this process; the host opened the file, so it may
+            os.write(cgroup_fd, b"0")
         _write_files(workdir, files)
         os.chdir(workdir)
         _set_limits(mode, job["limits"])
         if mode != "plain":
             os.nice(JOB_NICENESS)
-        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # also gives it its /proc/self files
+        try:  # when memory runs out, the job dies, not the worker
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         os.setsid()
         env = dict(job["env"], HOME=workdir, TMPDIR=workdir) if mode == "plain" else job["env"]
         for key, value in env.items():
@@ -258,6 +271,14 @@ def _sweep():
     sys.exit("processes survive SIGKILL: giving up this worker")  # its namespace dies with it
 
 
+def _reap(pid):
+    """wait4 for `pid`'s end, passing over stops (which a traced job reports)."""
+    while True:
+        result = os.wait4(pid, 0)
+        if os.WIFEXITED(result[1]) or os.WIFSIGNALED(result[1]):
+            return result
+
+
 def _supervise(mode, pid, limits, out_r, err_r, started):
     """Collect output; enforce wall time, output size and total memory; reap."""
     cap, deadline = limits["output"], started + limits["wall"]
@@ -310,9 +331,10 @@ def _supervise(mode, pid, limits, out_r, err_r, started):
             if used > limits["memory"]:
                 killed = "memory"
                 _kill(mode, pid)
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            continue
-        result = os.wait4(pid, 0)
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None or info.si_code not in ENDED:
+            continue  # still running, or stopped: a job that traces itself reports its stops
+        result = _reap(pid)
         ended, grace = time.monotonic(), time.monotonic() + 1.0
         if pidfd is not None:
             poller.unregister(pidfd)
@@ -338,7 +360,7 @@ def _supervise(mode, pid, limits, out_r, err_r, started):
     }, (memoryview(data[out_r])[: kept[out_r]], memoryview(data[err_r])[: kept[err_r]])
 
 
-def run_job(mode, job, files, stdin, workdir):
+def run_job(mode, job, files, stdin, workdir, cgroup_fd=None):
     """Run one job to its end; returns the response header and payload."""
     stdin_fd = os.memfd_create("stdin")
     write_all(stdin_fd, stdin)
@@ -349,7 +371,7 @@ def run_job(mode, job, files, stdin, workdir):
     gc.freeze()  # the job leaves our objects alone: fewer copy-on-write faults
     pid = os.fork()
     if pid == 0:
-        _job(mode, job, files, workdir, (stdin_fd, out_w, err_w), status_w)
+        _job(mode, job, files, workdir, (stdin_fd, out_w, err_w), status_w, cgroup_fd)
     for fd in (stdin_fd, out_w, err_w, status_w):
         os.close(fd)
     failure = b"".join(iter(lambda: os.read(status_r, 1 << 16), b""))
@@ -358,26 +380,58 @@ def run_job(mode, job, files, stdin, workdir):
         os.close(out_r)
         os.close(err_r)
         _kill(mode, pid)
-        os.waitpid(pid, 0)
+        _reap(pid)
         return {"error": "job set-up failed: " + failure.decode(errors="replace")}, ()
     header, output = _supervise(mode, pid, job["limits"], out_r, err_r, started)
     header["oom"] = mode == "container" and _oom_kills() > oom_before
     return header, output
 
 
-def _clean_dir(path):
-    """Remove everything under `path` (a directory this user owns), never following links."""
+def _unlink_all_but_dirs(fd):
+    """Unlink every entry of directory `fd` but its subdirectories, whose names it returns."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:  # files, links, fifos, sockets, device nodes
+                os.unlink(entry.name, dir_fd=fd)
+    return subdirs
+
+
+def _clean_dir(path, mode=None):
+    """Remove everything under `path` (this user's), however deep, never following links.
+
+    No recursion and one open directory at a time: the walk goes down by name and
+    back up by "..", which is safe since every other process is dead. Directories
+    the job locked (mode 0) are opened up first; `path` itself gets `mode` back.
+    """
     try:
-        entries = list(os.scandir(path))
-    except OSError:
+        if mode is not None and stat.S_IMODE(os.lstat(path).st_mode) != mode:
+            os.chmod(path, mode)
+        fd = os.open(path, DIR_FLAGS)
+    except FileNotFoundError:
         return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            _clean_dir(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
+    above = []  # per level: (the directory's name, its parent's subdirectories still to go)
+    try:
+        todo = _unlink_all_but_dirs(fd)
+        while todo or above:
+            if todo:
+                name = todo.pop()
+                os.chmod(name, 0o700, dir_fd=fd)  # a directory (lstat said so), not a link
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                above.append((name, todo))
+                os.close(fd)
+                fd = child
+                todo = _unlink_all_but_dirs(fd)
+            else:
+                name, todo = above.pop()
+                parent = os.open("..", DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_ipc():
@@ -397,26 +451,33 @@ def _remove_ipc():
                 raise OSError(ctypes.get_errno(), f"cannot remove System V {kind} {ipc_id}")
 
 
-def _after_job(mode, workdir):
+SHARED_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")  # jail and container: wiped after each job
+
+
+def _after_job(mode, workdir, modes):
+    """Leave nothing of the job behind; `modes` are the shared directories' own modes."""
     if mode == "plain":
-        _clean_dir(workdir)
+        _clean_dir(workdir, 0o700)
         os.rmdir(workdir)
         return
-    for path in ("/tmp", "/dev/shm", "/dev/mqueue"):
-        _clean_dir(path)
+    for path in SHARED_DIRS:
+        _clean_dir(path, modes.get(path))
     _remove_ipc()
 
 
-def serve(mode, base="/tmp"):
-    """Answer jobs from stdin until it closes; plain mode works in `base`."""
+def serve(mode, base="/tmp", cgroup_fd=None):
+    """Answer jobs from stdin until it closes; plain mode works in `base`. Jobs move
+    themselves into the cgroup whose `cgroup.procs` is open as `cgroup_fd`, if any."""
+    cgroup_fd = None if cgroup_fd is None else int(cgroup_fd)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 ignores unhandled signals
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/1/fd, /proc/1/mem
     for which, value in SHARED_RLIMITS:
         resource.setrlimit(which, (value, value))
+    modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in SHARED_DIRS if os.path.isdir(p)}
     if mode != "plain":
         if os.getpid() != 1:
             sys.exit(f"{mode} mode needs to be pid 1 of its pid namespace")
-        _after_job(mode, base)  # a clean start
+        _after_job(mode, base, modes)  # a clean start
     send(1, {"ready": True, "mode": mode, "python": sys.version.split()[0]})
     jobs = 0
     while True:
@@ -436,12 +497,17 @@ def serve(mode, base="/tmp"):
         if mode == "plain":
             os.mkdir(workdir, 0o700)
         try:
-            header, output = run_job(mode, job, files, payload[offset:], workdir)
+            header, output = run_job(mode, job, files, payload[offset:], workdir, cgroup_fd)
         except Exception:
             header, output = {"error": traceback.format_exc()}, ()
         send(1, header, output)
         del files, payload, buffer, output  # unmapped: the job's data leaves the worker
-        _after_job(mode, workdir)
+        try:
+            _after_job(mode, workdir, modes)
+        except Exception:  # the host replaces a worker that cannot clean up
+            send(1, {"clean": False, "error": traceback.format_exc(limit=-2)})
+            sys.exit("cannot clean up after a job: giving up this worker")
+        send(1, {"clean": True})
 
 
 if __name__ == "__main__":

@@ -86,3 +86,12 @@ def sandbox(request: pytest.FixtureRequest, aio: Loop, secret_env: str) -> Itera
     aio.run(box.start())
     yield box
     aio.run(box.close())
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def one_worker(request: pytest.FixtureRequest, aio: Loop, secret_env: str) -> Iterator[Sandbox]:
+    """A sandbox of one warm worker, which runs every job one after another."""
+    skip_unless_available(request.param)
+    box = make_sandbox(request.param, workers=1, limits=LIMITS)
+    yield box
+    aio.run(box.close())
