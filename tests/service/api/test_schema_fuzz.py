@@ -46,7 +46,7 @@ def operations() -> list:
     ]
 
 
-@pytest.fixture
+@pytest.fixture  # per test: schemathesis' pytest plugin ends every ASGI lifespan after a test
 def api_schema(tmp_path, monkeypatch) -> Iterator[schemathesis.BaseSchema]:
     # A generated model name is looked up on the hub; offline, that fails at once
     # (422) instead of retrying a network that is not there.
