@@ -39,7 +39,13 @@ CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character (and newline), plus four specials."""
+    """One token per printable ASCII character (and newline), plus four specials.
+
+    Encoding adds the `<bos>` every training sequence starts with (a `TemplateProcessing`
+    post-processor in tokenizer.json), so `tokenizer(prompt)` gives what the model expects,
+    as with any Hugging Face model; the project's own encoder asks for the plain tokens
+    (`add_special_tokens=False`) and adds `<bos>` itself.
+    """
     vocab = {tok: i for i, tok in enumerate(SPECIAL + CHARS)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
@@ -50,6 +56,20 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="<eos>",
         unk_token="<unk>",
         model_max_length=512,
+        add_bos_token=True,
+        padding_side="left",  # batched generation continues each row from its last token
+    )
+
+
+def build_generation_config(tokenizer, task: Literal["arithmetic", "tools"]) -> GenerationConfig:
+    """Greedy decoding, as the project evaluates, with room for a whole answer: an
+    arithmetic answer, or a whole `lookup` episode."""
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=16 if task == "arithmetic" else 160,
     )
 
 
@@ -245,11 +265,7 @@ def build_tiny_model(
     log.info(
         "pretrained tiny %s model for %d steps in %.0fs", task, steps, time.monotonic() - started
     )
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    model.generation_config = build_generation_config(tokenizer, task)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -6,16 +6,22 @@ declares. The embedded stack (SQLite, in-process bus), no token, nothing trainin
 registered environment, a finished run with trajectories, checkpoints and events, and a
 queued run are seeded so id-based operations also reach real rows, and a worker
 heartbeat so that /readyz is ready.
+
+Schemathesis is driven through its public strategy API (`operation.as_strategy` under
+Hypothesis' `@given`), one pytest test per operation: its pytest plugin reaches into
+pytest's private node attributes and breaks with new pytest releases.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import huggingface_hub.constants
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,10 +32,23 @@ from service.settings import Settings
 from .helpers import make_run, record_step
 
 EVENTS_TIMEOUT_S = 1.0  # a queued run's event stream never ends; read what came by then
+EXAMPLES_PER_OPERATION = 25
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
-@pytest.fixture
-def api_schema(tmp_path, monkeypatch):
+def operations() -> list:
+    """(method, path) of every operation in the document (building the app starts nothing)."""
+    document = create_app(Settings(device="cpu"), background=False).openapi()
+    return [
+        pytest.param(method.upper(), path, id=f"{method.upper()} {path}")
+        for path, item in document["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    ]
+
+
+@pytest.fixture  # per test: schemathesis' pytest plugin ends every ASGI lifespan after a test
+def api_schema(tmp_path, monkeypatch) -> Iterator[schemathesis.BaseSchema]:
     # A generated model name is looked up on the hub; offline, that fails at once
     # (422) instead of retrying a network that is not there.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -63,20 +82,26 @@ def from_loopback(app: ASGIApp) -> ASGIApp:
     return call
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+@pytest.mark.parametrize(("method", "path"), operations())
+def test_api_conforms_to_its_schema_and_never_fails_on_bad_input(api_schema, method, path):
+    operation = api_schema[path][method]
+    cases = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(
+        GenerationMode.NEGATIVE
+    )
+    kwargs = {"timeout": EVENTS_TIMEOUT_S} if path.endswith("/events") else {}
 
+    @given(case=cases)
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def conforms(case: schemathesis.Case) -> None:
+        # positive_data_acceptance expects every schema-valid body to be accepted, but some
+        # checks cannot live in the schema: an environment's `config` must fit its kind's
+        # own schema, run `config` overrides must make a valid RunConfig, a cursor must be
+        # one the server issued, a model directory must exist. Those are 4xx by design.
+        case.call_and_validate(excluded_checks=[positive_data_acceptance], **kwargs)
 
-@schema.parametrize()
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-def test_api_conforms_to_its_schema_and_never_fails_on_bad_input(case):
-    kwargs = {"timeout": EVENTS_TIMEOUT_S} if case.operation.path.endswith("/events") else {}
-    # positive_data_acceptance expects every schema-valid body to be accepted, but some
-    # checks cannot live in the schema: an environment's `config` must fit its kind's own
-    # schema, run `config` overrides must make a valid RunConfig, a cursor must be one the
-    # server issued, a model directory must exist. Those are 4xx by design (422/400).
-    case.call_and_validate(excluded_checks=[positive_data_acceptance], **kwargs)
+    conforms()
