@@ -196,12 +196,20 @@ def test_a_symlink_out_of_the_models_directory_is_refused(client, tmp_path):
     refused(client, "escape")
 
 
-def test_a_model_whose_config_names_an_unknown_architecture_is_422(client, tmp_path):
+@pytest.mark.parametrize("named", ["in the models directory", "allowed by its path"])
+def test_a_model_whose_config_names_an_unknown_architecture_is_422(tmp_path, make_client, named):
     broken = tmp_path / "models" / "broken"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
-    message = refused(client, "broken")
-    assert "cannot load model" in message and str(tmp_path) not in message
+    name = "broken" if named == "in the models directory" else str(broken)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        device="cpu",
+        models_dir=tmp_path / "models",
+        allowed_models=[str(broken)],
+    )
+    message = refused(make_client(settings), name)
+    assert "cannot load model" in message and str(tmp_path) not in message.replace(name, "")
 
 
 def test_the_operator_allows_more_models_by_name(tmp_path, make_client):
