@@ -63,7 +63,7 @@ def open_session(cfg: RunConfig, device: str | None, *, settings: Settings) -> P
         train=False,
         sandbox=settings.sandbox,
         data_dir=settings.env_data_dir,
-        models=settings.model_access(),
+        model_access=settings.model_access(),
     )
 
 

@@ -53,7 +53,9 @@ class Worker:
         """`open_trainer(cfg, run_dir, keep=, device=)`: RunTrainer loading the models the
         settings let clients name, or a scripted stand-in."""
         self.repo, self.bus, self.settings = repo, bus, settings
-        self.open_trainer = open_trainer or partial(RunTrainer, models=settings.model_access())
+        self.open_trainer = open_trainer or partial(
+            RunTrainer, model_access=settings.model_access()
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.trainers: dict[int, RunTrainer] = {}
         self.recorded: dict[int, str] = {}  # run -> the batch id this worker last recorded

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from trainer.config import LoraConfig
 from trainer.model_names import (
     ALIASES,
-    OPERATOR,
     TINY_MODEL_DIR,
     TINY_TOOLS_MODEL_DIR,
+    UNRESTRICTED,
     ModelAccess,
     ModelNotFound,
     resolve_model,
@@ -32,7 +32,7 @@ LOADING = threading.RLock()
 __all__ = [
     "ALIASES",
     "LOADING",
-    "OPERATOR",
+    "UNRESTRICTED",
     "TINY_MODEL_DIR",
     "TINY_TOOLS_MODEL_DIR",
     "ModelNotFound",
@@ -65,7 +65,7 @@ def unloadable(name: str, path: str, exc: Exception, access: ModelAccess) -> Mod
     return ModelNotFound(f"cannot load model {name!r}{detail}")
 
 
-def load_tokenizer(name: str, access: ModelAccess = OPERATOR):
+def load_tokenizer(name: str, access: ModelAccess = UNRESTRICTED):
     path = resolve_model(name, access)
     try:
         with LOADING:
@@ -83,7 +83,7 @@ def load_policy(
     lora: LoraConfig | None = None,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,
-    access: ModelAccess = OPERATOR,
+    access: ModelAccess = UNRESTRICTED,
 ) -> tuple[PreTrainedModel, object]:
     """The trainable policy and its tokenizer; with `lora`, a peft model around the base.
     `access`: which names may be loaded (default: any, as the operator may)."""

@@ -59,17 +59,17 @@ class ModelAccess(BaseModel):
         return cls(local_paths=False, hub=hub, models_dir=models_dir, allowed=allowed)
 
 
-OPERATOR = ModelAccess()
+UNRESTRICTED = ModelAccess()
 
 
-def resolve_model(name: str, access: ModelAccess = OPERATOR) -> str:
+def resolve_model(name: str, access: ModelAccess = UNRESTRICTED) -> str:
     """The directory or hub name transformers should load for `name`; ModelNotFound if
     there is none or `access` does not allow it. The checks, in order: an alias, an
     allowed name, a subdirectory of the models directory, a local directory, a hub name."""
     if name in ALIASES:
         return alias_dir(name)
     if name in access.allowed:
-        return resolve_model(name, OPERATOR)
+        return resolve_model(name, UNRESTRICTED)
     if access.models_dir is not None and (found := in_models_dir(access.models_dir, name)):
         return found
     if access.local_paths and looks_local(name):

@@ -22,7 +22,7 @@ from pathlib import Path
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import RunConfig
-from trainer.model import OPERATOR, ModelAccess, load_policy, pick_device
+from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
 from trainer.step import Learner
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,14 @@ class RunTrainer:
         *,
         keep: int = 2,
         device: str | None = None,
-        models: ModelAccess = OPERATOR,
+        model_access: ModelAccess = UNRESTRICTED,
     ) -> None:
-        """`models`: which model names may be loaded (the service's clients name them)."""
+        """`model_access`: which model names may be loaded (the service's clients name them)."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.keep = keep
         self.policy, self.tokenizer = load_policy(
-            cfg.model, lora=cfg.lora, device=pick_device(device), access=models
+            cfg.model, lora=cfg.lora, device=pick_device(device), access=model_access
         )
         self.learner = Learner(self.policy, self.tokenizer.pad_token_id, cfg)
         self.step = 0

@@ -31,7 +31,7 @@ from service.environments.schemas import Environment, EnvironmentCreate, TryRequ
 from service.settings import Settings
 from service.storage import AlreadyExists, NotFound, Repository
 from service.storage import models as orm
-from trainer.model_names import OPERATOR, ModelAccess, ModelNotFound, resolve_model
+from trainer.model_names import UNRESTRICTED, ModelAccess, ModelNotFound, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -150,7 +150,7 @@ def known_names(repo: Repository) -> str:
     return ", ".join(sorted(set(available()) | {r.name for r in repo.list_environments()}))
 
 
-def check_model(name: str, access: ModelAccess = OPERATOR) -> str:
+def check_model(name: str, access: ModelAccess = UNRESTRICTED) -> str:
     """The model's path or hub name; ModelUnavailable when `access` does not allow it or
     there is no such model."""
     try:
@@ -175,7 +175,7 @@ class PolicyCache:
         self._mutex = threading.Lock()
 
     def get(
-        self, name: str, device: str | None = None, access: ModelAccess = OPERATOR
+        self, name: str, device: str | None = None, access: ModelAccess = UNRESTRICTED
     ) -> tuple[Any, Any]:
         """(policy, tokenizer) for `name` on `device`, loading it on first use; the name is
         checked against `access` on every call, loaded or not."""
@@ -195,7 +195,7 @@ class PolicyCache:
             return loaded
 
 
-def load(name: str, device: str | None, access: ModelAccess = OPERATOR) -> tuple[Any, Any]:
+def load(name: str, device: str | None, access: ModelAccess = UNRESTRICTED) -> tuple[Any, Any]:
     from trainer.model import load_policy, pick_device
 
     try:
