@@ -24,13 +24,16 @@ from pydantic import Field, model_validator
 from envs.base import EnvConfig, Score, Split, Task, Verdict
 
 _NUMBER = re.compile(r"-?\d+")
+MAX_PROBLEMS = 500**2  # every pair is built in memory
 
 
 class ArithmeticConfig(EnvConfig):
-    low: int = Field(10, ge=0, description="smallest operand")
-    high: int = Field(49, ge=0, description="largest operand")
-    eval_size: int = Field(256, ge=1, description="problems held out for evaluation")
-    split_seed: int = Field(0, description="seed of the train/eval split (not the run's seed)")
+    low: int = Field(10, ge=0, le=10**9, description="smallest operand")
+    high: int = Field(49, ge=0, le=10**9, description="largest operand")
+    eval_size: int = Field(256, ge=1, le=100_000, description="problems held out for evaluation")
+    split_seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed of the train/eval split (not the run's seed)"
+    )
     reversed_digits: bool = Field(True, description="write numbers least-significant digit first")
 
     @model_validator(mode="after")
@@ -38,6 +41,8 @@ class ArithmeticConfig(EnvConfig):
         pairs = (self.high - self.low + 1) ** 2
         if self.high < self.low:
             raise ValueError("high must be >= low")
+        if pairs > MAX_PROBLEMS:
+            raise ValueError(f"at most {MAX_PROBLEMS} problems: high - low must be below 500")
         if self.eval_size >= pairs:
             raise ValueError(f"eval_size must be below the {pairs} possible problems")
         return self

@@ -8,12 +8,16 @@ episode that answers each model turn (`step`) and judges the whole (`finish`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
+
+from sandbox.base import SandboxSettings
 
 Split = Literal["train", "eval"]
 
@@ -61,6 +65,59 @@ class EnvConfig(BaseModel):
     """Base class of an environment's configuration; subclasses add fields."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class EnvDataError(ValueError):
+    """An environment's data file cannot be used: missing, not a readable file, or not
+    inside the directory the operator allows."""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """What the operator of a service allows the environments its clients configure: the
+    sandbox that code runs in (a config may ask for less, never for more or for another
+    backend) and the directory data files live in. It is the validation context of a
+    config a client sent (`envs.registry.validate_config`); without it (the operator's
+    own use) a config may ask for anything."""
+
+    sandbox: SandboxSettings | None = None
+    data_dir: Path | None = None
+
+
+def operator_of(info: ValidationInfo) -> Operator | None:
+    """The Operator a config is validated against, if any (in a validator)."""
+    context = info.context or {}
+    return context.get("operator") if isinstance(context, dict) else None
+
+
+def data_file(data_dir: Path | None, name: Path | str, what: str = "data file") -> Path:
+    """The data file a config names. With `data_dir` (a client named it), `name` is a path
+    relative to `data_dir` that must stay inside it (no `..`, no symlink out of it);
+    without, it is used as it is. EnvDataError unless it is a readable file. Messages
+    show `name` only (as `what`), never where the directory is."""
+    shown = f"{what} {str(name)!r}"
+    if "\0" in str(name):
+        raise EnvDataError(f"{what} names may not hold a NUL byte")
+    if data_dir is None:
+        path = Path(name).expanduser()
+    else:
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise EnvDataError(
+                f"{shown} must be a path inside the server's environment data "
+                "directory, relative to it (no leading / and no ..)"
+            )
+        root = data_dir.resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise EnvDataError(f"{shown} leaves the environment data directory")
+    if not path.exists():
+        raise EnvDataError(f"{shown} does not exist")
+    if not path.is_file():
+        raise EnvDataError(f"{shown} is not a file")
+    if not os.access(path, os.R_OK):
+        raise EnvDataError(f"{shown} cannot be read")
+    return path
 
 
 @runtime_checkable

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 import inspect
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from envs.base import EnvConfig, Environment
+from envs.base import EnvConfig, Environment, Operator
 from sandbox.base import SandboxSettings
 
 ENTRY_POINT_GROUP = "opsd.envs"
@@ -57,13 +58,35 @@ def config_schema(name: str) -> dict[str, Any]:
     return env_class(name).Config.model_json_schema()
 
 
-def takes_sandbox_settings(cls: type[Environment]) -> bool:
-    """Whether the environment runs code and wants the service's sandbox settings: its
-    constructor has a `sandbox_settings` keyword (envs/README.md, "Environments that run code")."""
+def takes(cls: type[Environment], keyword: str) -> bool:
+    """Whether the environment's constructor has this keyword (`sandbox_settings`: it runs
+    code; `data_dir`: it reads data files; envs/README.md)."""
     try:
-        return "sandbox_settings" in inspect.signature(cls).parameters
+        return keyword in inspect.signature(cls).parameters
     except (TypeError, ValueError):  # no inspectable signature (a C extension, say)
         return False
+
+
+def takes_sandbox_settings(cls: type[Environment]) -> bool:
+    """Whether the environment runs code and wants the service's sandbox settings."""
+    return takes(cls, "sandbox_settings")
+
+
+def validate_config(
+    name: str, config: dict[str, Any] | None, *, operator: Operator | None = None
+) -> EnvConfig:
+    """The environment's Config from `config`; with `operator` (a config a client sent),
+    also checked against what the operator allows. InvalidEnvConfig, with pydantic's
+    errors as its cause and the first one in its message, when it does not fit."""
+    cls = env_class(name)
+    context = {"operator": operator} if operator is not None else None
+    try:
+        return cls.Config.model_validate(config or {}, context=context)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        reason = f"{where}: {first['msg']}" if where else first["msg"]
+        raise InvalidEnvConfig(f"invalid config for environment {name!r}: {reason}") from exc
 
 
 def make_env(
@@ -71,15 +94,17 @@ def make_env(
     config: dict[str, Any] | EnvConfig | None = None,
     *,
     sandbox: SandboxSettings | None = None,
+    data_dir: Path | None = None,
 ) -> Environment:
     """Build a configured environment instance. `sandbox` (the service's sandbox settings,
-    OPSD_SANDBOX__*) goes to environments that take `sandbox_settings`; None leaves
+    OPSD_SANDBOX__*) goes to environments that take `sandbox_settings`, `data_dir` (where
+    the service's environment data files live) to those that take `data_dir`; None leaves
     them to their own defaults."""
     cls = env_class(name)
-    try:
-        cfg = config if isinstance(config, EnvConfig) else cls.Config.model_validate(config or {})
-    except ValidationError as exc:
-        raise InvalidEnvConfig(f"invalid config for environment {name!r}: {exc}") from exc
-    if sandbox is not None and takes_sandbox_settings(cls):
-        return cls(cfg, sandbox_settings=sandbox)
-    return cls(cfg)
+    cfg = config if isinstance(config, EnvConfig) else validate_config(name, config)
+    kwargs: dict[str, Any] = {}
+    if sandbox is not None and takes(cls, "sandbox_settings"):
+        kwargs["sandbox_settings"] = sandbox
+    if data_dir is not None and takes(cls, "data_dir"):
+        kwargs["data_dir"] = data_dir
+    return cls(cfg, **kwargs)

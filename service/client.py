@@ -56,7 +56,7 @@ class Run(TypedDict):
     steps_done: int
     policy_version: int
     error: str | None
-    config: dict[str, Any]
+    config: NotRequired[dict[str, Any]]  # get_run only; the run list leaves it out
     created_at: str
     updated_at: str
     eval: Eval

@@ -27,7 +27,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox.base import SandboxSettings
 from service.bus import Bus, LockLost, LockNotAcquired
 from service.bus.codec import encode_batch
 from service.runtime import TRAINERS, batch_id_for, cancel_and_wait, emit, republish_untrained
@@ -56,17 +55,22 @@ class PolicyCopy(Protocol):
     def close(self) -> None: ...
 
 
-def open_session(
-    cfg: RunConfig, device: str | None, *, sandbox: SandboxSettings | None = None
-) -> PolicyCopy:
-    """A sampling-only Session whose environment scores in the service's sandbox."""
-    return Session.open(cfg, device, train=False, sandbox=sandbox)
+def open_session(cfg: RunConfig, device: str | None, *, settings: Settings) -> PolicyCopy:
+    """A sampling-only Session with the service's sandbox, environment data and models."""
+    return Session.open(
+        cfg,
+        device,
+        train=False,
+        sandbox=settings.sandbox,
+        data_dir=settings.env_data_dir,
+        model_access=settings.model_access(),
+    )
 
 
 class Orchestrator:
     """Drives every active run; `open_policy(cfg, device)` opens a run's policy copy
-    (default: `open_session` with the settings' sandbox; tests and benchmarks pass a
-    scripted stand-in)."""
+    (default: `open_session` with the settings' sandbox and models; tests and benchmarks
+    pass a scripted stand-in)."""
 
     def __init__(
         self,
@@ -76,7 +80,7 @@ class Orchestrator:
         open_policy: Callable[[RunConfig, str | None], PolicyCopy] | None = None,
     ) -> None:
         self.repo, self.bus, self.settings = repo, bus, settings
-        self.open_policy = open_policy or partial(open_session, sandbox=settings.sandbox)
+        self.open_policy = open_policy or partial(open_session, settings=settings)
         self.drivers: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sandbox.base import SandboxSettings
+from trainer.model_names import ModelAccess
 
 
 class Settings(BaseSettings):
@@ -65,8 +66,27 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(
         default_factory=SandboxSettings,
         description="the sandbox in which environments that run code (the code environment) "
-        "score responses: OPSD_SANDBOX__BACKEND, __IMAGE, __WORKERS, ...; an environment's "
-        "config may name its own backend and sets its own workers and limits",
+        "score responses: OPSD_SANDBOX__BACKEND, __IMAGE, __WORKERS, ...; its workers and "
+        "limits are the most an environment gets (its config may ask for less), and an "
+        "environment cannot choose another backend",
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="a directory whose model subdirectories clients may name (`my-model` is "
+        "<models_dir>/my-model); None: none",
+    )
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        description="model names clients may use besides the aliases (tiny, tiny-tools) and "
+        "models_dir: local directories or hub names, e.g. OPSD_ALLOWED_MODELS='[\"Qwen/Qwen3-0.6B\"]'",
+    )
+    hub_models: bool = Field(
+        False, description="let clients name any hub model, which the server then downloads"
+    )
+    env_data_dir: Path | None = Field(
+        None,
+        description="where the data files environments read live (a code environment's "
+        "`path` is relative to it); default: <data_dir>/env-data",
     )
 
     @property
@@ -92,8 +112,16 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()] or None
         return value
 
+    def model_access(self) -> ModelAccess:
+        """Which model names HTTP clients may use (the operator's CLI may use any)."""
+        return ModelAccess.restricted(
+            models_dir=self.models_dir, allowed=tuple(self.allowed_models), hub=self.hub_models
+        )
+
     @model_validator(mode="after")
     def default_database(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'opsd.db'}"
+        if self.env_data_dir is None:
+            self.env_data_dir = self.data_dir / "env-data"
         return self

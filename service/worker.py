@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 
 from service.bus import Bus, Delivery, LockLost, StreamLost
 from service.bus.codec import decode_batch
@@ -47,11 +48,14 @@ class Worker:
         bus: Bus,
         settings: Settings,
         worker_id: str | None = None,
-        open_trainer: Callable[..., RunTrainer] = RunTrainer,
+        open_trainer: Callable[..., RunTrainer] | None = None,
     ) -> None:
-        """`open_trainer(cfg, run_dir, keep=, device=)`: RunTrainer, or a scripted stand-in."""
+        """`open_trainer(cfg, run_dir, keep=, device=)`: RunTrainer loading the models the
+        settings let clients name, or a scripted stand-in."""
         self.repo, self.bus, self.settings = repo, bus, settings
-        self.open_trainer = open_trainer
+        self.open_trainer = open_trainer or partial(
+            RunTrainer, model_access=settings.model_access()
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.trainers: dict[int, RunTrainer] = {}
         self.recorded: dict[int, str] = {}  # run -> the batch id this worker last recorded

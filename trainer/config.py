@@ -7,9 +7,15 @@ run, and handed to the trainer unchanged.
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+# Bounds: what a real run could need, and no more (a config is client input in the service).
+MAX_STEPS = 100_000
+MAX_TOKENS = 32_768  # per response, per teacher context
+MAX_TEMPLATE_CHARS = 4_096
+MAX_SEED = 2**32 - 1
 
 
 class _Config(BaseModel):
@@ -23,26 +29,32 @@ class DistillConfig(_Config):
         1.0, ge=0.0, le=1.0, description="0 forward KL, 1 reverse KL, between: JSD(alpha)"
     )
     support: Literal["full_logits", "topk_logits", "sampled_token"] = "full_logits"
-    topk: int = Field(20, ge=1, description="ids gathered at the student's top-k (topk_logits)")
+    topk: int = Field(
+        20, ge=1, le=1024, description="ids gathered at the student's top-k (topk_logits)"
+    )
     topk_tail: bool = Field(
         True, description="append a tail bucket (True) or renormalise over the k ids"
     )
     token_clip: float | None = Field(
-        None, gt=0, description="clamp each token's divergence at this value"
+        None, gt=0, le=1e4, description="clamp each token's divergence at this value"
     )
     is_clip: float | None = Field(
-        None, gt=0, description="clip of the importance ratio pi_theta / pi_sampler"
+        None, gt=0, le=1e4, description="clip of the importance ratio pi_theta / pi_sampler"
     )
-    temperature: float = Field(1.0, gt=0, description="applied to student and teacher logits")
+    temperature: float = Field(
+        1.0, gt=0, le=100, description="applied to student and teacher logits"
+    )
 
 
 class GRPOConfig(_Config):
     """Group-relative policy optimisation (docs/algorithm.md "GRPO")."""
 
     scaling: Literal["group", "batch", "none"] = "group"
-    epsilon: float = Field(0.2, gt=0)
-    epsilon_high: float | None = Field(None, gt=0, description="upper clip; defaults to epsilon")
-    eps_std: float = Field(1e-6, gt=0)
+    epsilon: float = Field(0.2, gt=0, le=10)
+    epsilon_high: float | None = Field(
+        None, gt=0, le=10, description="upper clip; defaults to epsilon"
+    )
+    eps_std: float = Field(1e-6, gt=0, le=1)
 
 
 class LossConfig(_Config):
@@ -88,17 +100,21 @@ class ContextConfig(_Config):
     """How the teacher context is built from feedback (docs/algorithm.md "Teacher context")."""
 
     use_sibling: bool = True
-    success_threshold: float = 1.0
+    success_threshold: float = Field(1.0, ge=-1e6, le=1e6)
     dont_reprompt_on_self_success: bool = True
     strip_thinking: bool = True
     use_feedback: bool = True
     feedback_only_without_solution: bool = True
     use_ground_truth: bool = False
     use_demonstration: bool = True
-    reprompt_template: str = "{prompt}\n{solution}{feedback}Now answer correctly:\n"
-    solution_template: str = "A correct solution:\n{solution}\n"
-    feedback_template: str = "Feedback:\n{feedback}\n"
-    max_reprompt_tokens: int = Field(2048, ge=1)
+    reprompt_template: str = Field(
+        "{prompt}\n{solution}{feedback}Now answer correctly:\n", max_length=MAX_TEMPLATE_CHARS
+    )
+    solution_template: str = Field(
+        "A correct solution:\n{solution}\n", max_length=MAX_TEMPLATE_CHARS
+    )
+    feedback_template: str = Field("Feedback:\n{feedback}\n", max_length=MAX_TEMPLATE_CHARS)
+    max_reprompt_tokens: int = Field(2048, ge=1, le=MAX_TOKENS)
 
     @field_validator("reprompt_template", "solution_template", "feedback_template")
     @classmethod
@@ -132,47 +148,53 @@ class ContextConfig(_Config):
 
 
 class SamplingConfig(_Config):
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k filtering")
-    max_new_tokens: int = Field(16, ge=1)
+    top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables top-k filtering")
+    max_new_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class OptimConfig(_Config):
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(10, ge=0)
+    lr: float = Field(2e-4, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0, le=MAX_STEPS)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
-    grad_clip: float | None = Field(1.0, gt=0)
-    grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    grad_clip: float | None = Field(1.0, gt=0, le=1e4)
+    grad_accumulation: int = Field(1, ge=1, le=1024, description="micro-batches per optimiser step")
     bf16: bool | Literal["auto"] = "auto"
 
 
+ModuleName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class LoraConfig(_Config):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
+    r: int = Field(8, ge=1, le=1024)
+    alpha: int = Field(16, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[ModuleName] | Literal["all-linear"] = Field("all-linear", max_length=256)
 
 
 class EvalConfig(_Config):
-    every: int = Field(50, ge=1)
-    size: int = Field(256, ge=1)
-    max_new_tokens: int | None = None
+    every: int = Field(50, ge=1, le=MAX_STEPS)
+    size: int = Field(256, ge=1, le=100_000, description="held-out tasks evaluated")
+    max_new_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
 
 
 class RunConfig(_Config):
     """Everything one training run needs; `opsd train` and `POST /v1/runs` take this."""
 
-    env: str = "arithmetic"
+    env: str = Field("arithmetic", min_length=1, max_length=128)
     env_config: dict = Field(default_factory=dict)
-    model: str = "tiny"
-    steps: int = Field(300, ge=0)
-    seed: int = 0
-    prompts_per_step: int = Field(8, ge=1)
-    samples_per_prompt: int = Field(8, ge=1)
-    max_off_policy_steps: int = Field(0, ge=0)
+    model: str = Field("tiny", min_length=1, max_length=256)
+    steps: int = Field(300, ge=0, le=MAX_STEPS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    prompts_per_step: int = Field(8, ge=1, le=1024)
+    samples_per_prompt: int = Field(8, ge=1, le=256)
+    max_off_policy_steps: int = Field(0, ge=0, le=1000)
     sampling: SamplingConfig = SamplingConfig()
     loss: LossConfig = LossConfig()
     teacher: TeacherConfig = TeacherConfig()

@@ -29,7 +29,7 @@ from trainer.checkpoint import (
 from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
 from trainer.episodes import collect_episodes, greedy_episode_accuracy
-from trainer.model import load_policy, pick_device
+from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
 from trainer.rollout import budget_warning, collect, greedy_accuracy, rollout_stats
 from trainer.sampler import TransformersSampler
 from trainer.step import Learner
@@ -59,13 +59,18 @@ class Session:
         *,
         train: bool = True,
         sandbox: SandboxSettings | None = None,
+        data_dir: Path | None = None,
+        model_access: ModelAccess = UNRESTRICTED,
     ) -> Session:
         """Load the environment and the policy; `train=False` for a sampling-only copy.
-        `sandbox`: the service's sandbox settings, for environments that run code."""
+        The service passes its own `sandbox` settings and `data_dir` (where environments
+        run code and find data files) and `model_access` (which models may be loaded)."""
         # the environment first: a bad config fails fast, before the model loads
-        env = make_env(cfg.env, cfg.env_config, sandbox=sandbox)
+        env = make_env(cfg.env, cfg.env_config, sandbox=sandbox, data_dir=data_dir)
         torch.manual_seed(cfg.seed)
-        policy, tokenizer = load_policy(cfg.model, lora=cfg.lora, device=pick_device(device))
+        policy, tokenizer = load_policy(
+            cfg.model, lora=cfg.lora, device=pick_device(device), access=model_access
+        )
         return cls(
             cfg=cfg,
             policy=policy,

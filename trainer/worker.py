@@ -22,7 +22,7 @@ from pathlib import Path
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.config import RunConfig
-from trainer.model import load_policy, pick_device
+from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
 from trainer.step import Learner
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,20 @@ def is_milestone(step: int, cfg: RunConfig) -> bool:
 
 class RunTrainer:
     def __init__(
-        self, cfg: RunConfig, run_dir: str | Path, *, keep: int = 2, device: str | None = None
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        *,
+        keep: int = 2,
+        device: str | None = None,
+        model_access: ModelAccess = UNRESTRICTED,
     ) -> None:
+        """`model_access`: which model names may be loaded (the service's clients name them)."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.keep = keep
         self.policy, self.tokenizer = load_policy(
-            cfg.model, lora=cfg.lora, device=pick_device(device)
+            cfg.model, lora=cfg.lora, device=pick_device(device), access=model_access
         )
         self.learner = Learner(self.policy, self.tokenizer.pad_token_id, cfg)
         self.step = 0

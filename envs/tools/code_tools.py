@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 
 from envs.base import Score, Split, Task
 from envs.code import CodeConfig, CodeEnv
@@ -40,12 +41,15 @@ class CodeToolsEnv(ToolEnvironment):
         sandbox: Sandbox | None = None,
         *,
         sandbox_settings: SandboxSettings | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         super().__init__(config)
         code_config = CodeConfig.model_validate(
             self.config.model_dump(include=set(CodeConfig.model_fields))
         )
-        self.code = CodeEnv(code_config, sandbox, sandbox_settings=sandbox_settings)
+        self.code = CodeEnv(
+            code_config, sandbox, sandbox_settings=sandbox_settings, data_dir=data_dir
+        )
 
     @property
     def sandbox_settings(self) -> SandboxSettings:

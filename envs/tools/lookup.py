@@ -40,8 +40,10 @@ class LookupConfig(ToolEnvConfig):
         False, description="list the tools in the plain-text prompt (off: the tiny model's context)"
     )
     documents: int = Field(512, ge=2, le=20_000, description="names in the collection (tasks)")
-    eval_size: int = Field(64, ge=1, description="names held out for evaluation")
-    seed: int = Field(0, description="seed of the names, the codes and the split")
+    eval_size: int = Field(64, ge=1, le=100_000, description="names held out for evaluation")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed of the names, the codes and the split"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LookupConfig:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException
 
+from envs.base import EnvDataError
 from envs.registry import InvalidEnvConfig, UnknownEnvironment
 from service.storage import AlreadyExists, Conflict, InvalidCursor, NotFound
 
@@ -138,6 +139,7 @@ TYPED_ERRORS: list[tuple[type[Exception], int, str]] = [
     (InvalidCursor, 400, "invalid_cursor"),
     (UnknownEnvironment, 422, "unknown_environment"),
     (InvalidEnvConfig, 422, "invalid_environment_config"),
+    (EnvDataError, 422, "invalid_environment_data"),
     (InvalidRunConfig, 422, "invalid_run_config"),
     (ModelUnavailable, 422, "model_not_found"),
     # Data the database refuses (a value out of range) is the caller's; a database that

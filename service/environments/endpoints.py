@@ -7,7 +7,7 @@ from typing import Annotated
 from anyio import to_thread
 from fastapi import APIRouter, Path
 
-from service.api.deps import RepoDep, ServicesDep
+from service.api.deps import RepoDep, ServicesDep, SettingsDep
 from service.api.errors import error_responses
 from service.environments import service
 from service.environments.schemas import (
@@ -43,12 +43,16 @@ def list_environments(repo: RepoDep) -> EnvironmentList:
     response_model=Environment,
     responses=error_responses(400, 401, 409, 422),
 )
-def register_environment(body: EnvironmentCreate, repo: RepoDep) -> Environment:
+def register_environment(
+    body: EnvironmentCreate, repo: RepoDep, settings: SettingsDep
+) -> Environment:
     """Register a configured instance of a kind under a new name (the config is validated).
 
-    409 if the name is taken, or is the name of a different kind.
+    409 if the name is taken, or is the name of a different kind. 422 if the config does
+    not fit the kind, asks for more than the server's sandbox allows (another backend, a
+    higher limit) or names a data file outside the server's environment data directory.
     """
-    return service.register_environment(repo, body)
+    return service.register_environment(repo, body, settings)
 
 
 @router.get("/{name}", response_model=Environment, responses=error_responses(404, 422))
@@ -73,7 +77,6 @@ async def try_environment(name: EnvName, body: TryRequest, services: ServicesDep
         services.policies,
         name,
         body,
-        services.settings.device,
-        services.settings.sandbox,
+        services.settings,
     )
     return TryResult(items=[TryItem.model_validate(t) for t in tried])

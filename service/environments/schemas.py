@@ -12,7 +12,8 @@ MODEL_FIELD = Field(
     "tiny",
     min_length=1,
     max_length=256,
-    description="`tiny` (the model shipped with opsd), a local model directory or a hub name",
+    description="`tiny` or `tiny-tools` (shipped with opsd), a model of the server's models "
+    "directory, or a name its operator allows (OPSD_ALLOWED_MODELS, OPSD_HUB_MODELS)",
     examples=["tiny"],
 )
 

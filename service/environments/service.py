@@ -16,16 +16,22 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from envs.base import Environment as EnvironmentImpl
-from envs.base import Split
-from envs.registry import InvalidEnvConfig, UnknownEnvironment, available, env_class, make_env
-from sandbox.base import SandboxSettings
+from envs.base import Operator, Split
+from envs.registry import (
+    InvalidEnvConfig,
+    UnknownEnvironment,
+    available,
+    env_class,
+    make_env,
+    validate_config,
+)
 from service.api.errors import ModelUnavailable
 from service.environments.schemas import Environment, EnvironmentCreate, TryRequest
+from service.settings import Settings
 from service.storage import AlreadyExists, NotFound, Repository
 from service.storage import models as orm
+from trainer.model_names import UNRESTRICTED, ModelAccess, ModelNotFound, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -91,25 +97,31 @@ def get_environment(repo: Repository, name: str) -> Environment:
     raise NotFound(f"environment {name!r} not found")
 
 
-def validated_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+def operator(settings: Settings) -> Operator:
+    """What the service's operator allows the environments its clients configure."""
+    return Operator(sandbox=settings.sandbox, data_dir=settings.env_data_dir)
+
+
+def validated_config(
+    kind: str, config: dict[str, Any], allowed: Operator | None = None
+) -> dict[str, Any]:
     """The kind's configuration with every default filled in; InvalidEnvConfig if it does
-    not fit, UnknownEnvironment for a kind that does not exist."""
-    cls = env_class(kind)
-    try:
-        validated = cls.Config.model_validate(config).model_dump(mode="json")
-    except ValidationError as exc:
-        raise InvalidEnvConfig(f"invalid config for environment {kind!r}") from exc
+    not fit (or asks for more than `allowed`), UnknownEnvironment for an unknown kind."""
+    validated = validate_config(kind, config, operator=allowed).model_dump(mode="json")
     if not all_finite(validated):
         raise InvalidEnvConfig(f"config for environment {kind!r} holds a NaN or infinite number")
     return validated
 
 
-def register_environment(repo: Repository, body: EnvironmentCreate) -> Environment:
-    """Store a configured instance. The full configuration is stored, defaults included,
-    so a run's environment means the same thing after defaults change."""
+def register_environment(
+    repo: Repository, body: EnvironmentCreate, settings: Settings
+) -> Environment:
+    """Store a configured instance, checked against what the operator allows (sandbox,
+    data files). The full configuration is stored, defaults included, so a run's
+    environment means the same thing after defaults change."""
     if body.name != body.kind and body.name in available():
         raise AlreadyExists(f"{body.name!r} is the name of an environment kind")
-    config = validated_config(body.kind, body.config)
+    config = validated_config(body.kind, body.config, operator(settings))
     return describe_row(repo.create_environment(body.name, body.kind, config))
 
 
@@ -138,12 +150,11 @@ def known_names(repo: Repository) -> str:
     return ", ".join(sorted(set(available()) | {r.name for r in repo.list_environments()}))
 
 
-def check_model(name: str) -> str:
-    """The model's path or hub name; ModelUnavailable for a local path that holds no model."""
-    from trainer.model import ModelNotFound, resolve_model
-
+def check_model(name: str, access: ModelAccess = UNRESTRICTED) -> str:
+    """The model's path or hub name; ModelUnavailable when `access` does not allow it or
+    there is no such model."""
     try:
-        return resolve_model(name)
+        return resolve_model(name, access)
     except ModelNotFound as exc:
         raise ModelUnavailable(str(exc)) from exc
     except (OSError, ValueError) as exc:  # a name no file system accepts (a NUL byte, ...)
@@ -163,8 +174,12 @@ class PolicyCache:
         self._locks: dict[str, threading.Lock] = {}
         self._mutex = threading.Lock()
 
-    def get(self, name: str, device: str | None = None) -> tuple[Any, Any]:
-        """(policy, tokenizer) for `name` on `device`, loading it on first use."""
+    def get(
+        self, name: str, device: str | None = None, access: ModelAccess = UNRESTRICTED
+    ) -> tuple[Any, Any]:
+        """(policy, tokenizer) for `name` on `device`, loading it on first use; the name is
+        checked against `access` on every call, loaded or not."""
+        check_model(name, access)
         with self._mutex:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
@@ -172,7 +187,7 @@ class PolicyCache:
                 if name in self._loaded:
                     self._loaded.move_to_end(name)
                     return self._loaded[name]
-            loaded = load(name, device)
+            loaded = load(name, device, access)
             with self._mutex:
                 self._loaded[name] = loaded
                 while len(self._loaded) > self.size:
@@ -180,12 +195,11 @@ class PolicyCache:
             return loaded
 
 
-def load(name: str, device: str | None) -> tuple[Any, Any]:
-    from trainer.model import ModelNotFound, load_policy, pick_device
+def load(name: str, device: str | None, access: ModelAccess = UNRESTRICTED) -> tuple[Any, Any]:
+    from trainer.model import load_policy, pick_device
 
-    check_model(name)
     try:
-        return load_policy(name, device=pick_device(device))
+        return load_policy(name, device=pick_device(device), access=access)
     except ModelNotFound as exc:
         raise ModelUnavailable(str(exc)) from exc
 
@@ -261,14 +275,18 @@ def try_named(
     policies: PolicyCache,
     name: str,
     request: TryRequest,
-    device: str | None,
-    sandbox: SandboxSettings | None = None,
+    settings: Settings,
 ) -> list[TriedResponse]:
-    """`try_environment` on a registered instance or kind, with a cached policy (blocking);
-    an environment that runs code uses the sandbox settings `sandbox` (the service's)."""
+    """`try_environment` on a registered instance or kind, with a cached policy (blocking):
+    the model as clients may name them, the service's sandbox and environment data."""
     described = get_environment(repo, name)
-    policy, tokenizer = policies.get(request.model, device)
-    env = make_env(described.kind, described.config, sandbox=sandbox)
+    policy, tokenizer = policies.get(request.model, settings.device, settings.model_access())
+    env = make_env(
+        described.kind,
+        described.config,
+        sandbox=settings.sandbox,
+        data_dir=settings.env_data_dir,
+    )
     return try_environment(
         env,
         policy,

@@ -64,7 +64,7 @@ async def create_run(body: RunCreate, services: ServicesDep) -> Run:
 
     422 with pydantic's errors in `details` when the configuration does not validate.
     """
-    run = await to_thread.run_sync(service.create_run, services.repo, body)
+    run = await to_thread.run_sync(service.create_run, services.repo, body, services.settings)
     services.wake_orchestrator()
     return run
 
@@ -76,7 +76,8 @@ def list_runs(
     cursor: Cursor = None,
     status: Annotated[RunStatus | None, Query(description="only runs in this state")] = None,
 ) -> RunList:
-    """Runs, newest first, a page at a time."""
+    """Runs, newest first, a page at a time; each without its configuration (see
+    `GET /v1/runs/{run_id}`)."""
     return service.list_runs(repo, limit, cursor, status)
 
 

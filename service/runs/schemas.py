@@ -52,7 +52,9 @@ class EvalSummary(BaseModel):
     latest_step: int | None = Field(description="the step of `latest`")
 
 
-class Run(BaseModel):
+class RunSummary(BaseModel):
+    """A run as the run list shows it: everything but the full configuration."""
+
     id: int
     environment: str = Field(description="the environment's name")
     model: str
@@ -62,15 +64,20 @@ class Run(BaseModel):
     steps_done: int
     policy_version: int
     error: str | None = Field(description="why a failed run failed")
-    config: dict[str, Any] = Field(description="the full RunConfig")
     created_at: datetime
     updated_at: datetime
     eval: EvalSummary
     samples_seen: int = Field(description="steps_done x prompts_per_step x samples_per_prompt")
 
 
+class Run(RunSummary):
+    """A run with its full configuration (`GET /v1/runs/{id}`)."""
+
+    config: dict[str, Any] = Field(description="the full RunConfig")
+
+
 class RunList(BaseModel):
-    items: list[Run]
+    items: list[RunSummary] = Field(description="runs without their configuration")
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at end")
 
 

@@ -18,6 +18,7 @@ from service.api.errors import InvalidRunConfig
 from service.environments.service import all_finite, check_model, register_kind, resolve_for_run
 from service.runs import schemas
 from service.runs.schemas import MAX_INT64
+from service.settings import Settings
 from service.storage import InvalidCursor, NotFound, Repository, RunStatus
 from service.storage import models as orm
 from service.storage.repository import decode_cursor
@@ -47,23 +48,29 @@ def build_config(body: schemas.RunCreate, kind: str, env_config: dict[str, Any])
         raise InvalidRunConfig(
             f"config may not set {', '.join(reserved)}: use `environment` and `model`"
         )
+    if not all_finite(body.config):
+        raise InvalidRunConfig("the run configuration holds a NaN or infinite number")
     fixed: dict[str, Any] = {"env": kind, "env_config": env_config, "model": body.model}
     if body.steps is not None:
         fixed["steps"] = body.steps
     try:
         config = preset(body.algorithm, merge(body.config, fixed))
     except ValidationError as exc:
-        raise InvalidRunConfig("invalid run configuration") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        reason = f"{where}: {first['msg']}" if where else first["msg"]
+        raise InvalidRunConfig(f"invalid run configuration: {reason}") from exc
     if not all_finite(config.model_dump()):
         raise InvalidRunConfig("the run configuration holds a NaN or infinite number")
     return config
 
 
-def create_run(repo: Repository, body: schemas.RunCreate) -> schemas.Run:
-    """Validate everything first, then register a bare kind (if that is what the run
-    names) and queue the run: a rejected request leaves nothing behind."""
+def create_run(repo: Repository, body: schemas.RunCreate, settings: Settings) -> schemas.Run:
+    """Validate everything first (the model as the settings let clients name them), then
+    register a bare kind (if that is what the run names) and queue the run: a rejected
+    request leaves nothing behind."""
     env_row, kind, env_config = resolve_for_run(repo, body.environment)
-    check_model(body.model)
+    check_model(body.model, settings.model_access())
     config = build_config(body, kind, env_config)
     if env_row is None:
         env_row = register_kind(repo, kind, env_config)
@@ -82,7 +89,9 @@ def list_runs(
     rows, next_cursor = repo.list_runs(limit, check_cursor(cursor), status)
     names = {env.id: env.name for env in repo.list_environments()}
     evaluations = evaluations_of(repo, [row.id for row in rows])
-    items = [to_schema(r, names.get(r.environment_id, ""), evaluations.get(r.id, [])) for r in rows]
+    items = [
+        to_summary(r, names.get(r.environment_id, ""), evaluations.get(r.id, [])) for r in rows
+    ]
     return schemas.RunList(items=items, next_cursor=next_cursor)
 
 
@@ -115,6 +124,14 @@ def evaluations_of(repo: Repository, run_ids: Sequence[int]) -> dict[int, list[t
 
 
 def to_schema(row: orm.Run, environment: str, evaluations: list[tuple[int, float]]) -> schemas.Run:
+    """The run with its full configuration."""
+    summary = to_summary(row, environment, evaluations)
+    return schemas.Run(**summary.model_dump(), config=row.config)
+
+
+def to_summary(
+    row: orm.Run, environment: str, evaluations: list[tuple[int, float]]
+) -> schemas.RunSummary:
     stored = row.config
     try:
         config = RunConfig.model_validate(stored)
@@ -128,7 +145,7 @@ def to_schema(row: orm.Run, environment: str, evaluations: list[tuple[int, float
         )
     base = next((accuracy for step, accuracy in evaluations if step == 0), None)
     latest_step, latest = evaluations[-1] if evaluations else (None, None)
-    return schemas.Run(
+    return schemas.RunSummary(
         id=row.id,
         environment=environment,
         model=row.model,
@@ -138,7 +155,6 @@ def to_schema(row: orm.Run, environment: str, evaluations: list[tuple[int, float
         steps_done=row.steps_done,
         policy_version=row.policy_version,
         error=row.error,
-        config=stored,
         created_at=row.created_at,
         updated_at=row.updated_at,
         eval=schemas.EvalSummary(base=base, latest=latest, latest_step=latest_step),

@@ -254,11 +254,45 @@ def test_the_service_sandbox_settings_choose_the_backend_and_the_config_keeps_wi
     assert built.limits == env.config.limits and built.limits.wall_seconds == 1.0
 
 
-def test_a_backend_named_in_the_env_config_wins_over_the_service_settings():
-    service = SandboxSettings(backend="process", ro_binds=["/opt/toolchain"])
-    env = make_env("code", {"sandbox_backend": "bwrap"}, sandbox=service)
+def test_with_service_settings_the_services_backend_is_used_whatever_the_config_names():
+    service = SandboxSettings(backend="bwrap", ro_binds=["/opt/toolchain"])
+    env = make_env("code", {"sandbox_backend": "process"}, sandbox=service)
     assert env.sandbox_settings.backend == "bwrap"
-    assert env.sandbox_settings.ro_binds == ["/opt/toolchain"]  # the rest still applies
+    assert env.sandbox_settings.ro_binds == ["/opt/toolchain"]  # the rest applies too
+
+
+def test_without_service_settings_a_backend_named_in_the_config_is_used():
+    assert plain_env(sandbox_backend="process").sandbox_settings.backend == "process"
+
+
+def test_the_service_limits_cap_what_an_environment_config_asks_for():
+    service = SandboxSettings(
+        backend="process",
+        workers=2,
+        limits=Limits(wall_seconds=3, cpu_seconds=1, memory_bytes=128 << 20, processes=8),
+    )
+    env = make_env(
+        "code",
+        {"workers": 256, "wall_seconds": 600, "cpu_seconds": 0.5, "memory_mb": 65536},
+        sandbox=service,
+    )
+    built = env.sandbox_settings
+    assert built.workers == 2
+    assert built.limits == Limits(
+        wall_seconds=3, cpu_seconds=0.5, memory_bytes=128 << 20, processes=8
+    )
+
+
+def test_a_program_runs_under_the_service_limit_not_the_configs_higher_one():
+    service = SandboxSettings(backend="process", workers=1, limits=Limits(wall_seconds=1))
+    env = make_env("code", {"wall_seconds": 30, "cpu_seconds": 30}, sandbox=service)
+    sleeper = Task(id="sleep", prompt="", data={"tests": [{"stdin": "", "stdout": "done\n"}]})
+    try:
+        s = asyncio.run(env.score(sleeper, py("import time\ntime.sleep(20)\nprint('done')")))
+        assert s.verdict == Verdict.time_limit
+        assert s.details["verdicts"] == ["time_limit"]
+    finally:
+        env.close()
 
 
 def test_the_code_env_scores_in_the_backend_the_service_settings_name():

@@ -1,6 +1,6 @@
 """One run end to end through HTTP, as a user drives it: a real uvicorn server (in a thread)
 serving `create_app(..., background=True)`, so the orchestrator and the trainer worker
-run inside it, and the typed `service.client.Client` on the other end.
+run inside it, and the typed `service.client.Client` on the other end (tests/service/live.py).
 
 Embedded: a SQLite file and the in-process bus (the default, no setup). Distributed:
 Postgres and Redis, with the API process training too (`embedded_worker=True`).
@@ -8,30 +8,20 @@ Postgres and Redis, with the API process training too (`embedded_worker=True`).
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.client import Client
 from service.settings import Settings
 from service.storage.migrate import upgrade
 
 from .conftest import REDIS_URL
+from .live import live_server
 
 STEPS, PROMPTS, SAMPLES, EVAL_EVERY = 6, 2, 4, 3
 PER_STEP = PROMPTS * SAMPLES
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["embedded", "distributed"])
@@ -51,25 +41,8 @@ def api(request, tmp_path, postgres, redis_prefix) -> Iterator[Client]:
     settings = Settings(
         data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5, **backends
     )
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, background=True), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        assert time.monotonic() < deadline, "the server did not start within 60s"
-        time.sleep(0.02)
-    try:
-        with Client(f"http://127.0.0.1:{port}", timeout=30.0) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the server did not shut down"
+    with live_server(settings) as client:
+        yield client
 
 
 def all_pages(api: Client, run_id: int, limit: int, **filters) -> list[dict]:

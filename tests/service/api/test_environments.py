@@ -155,7 +155,7 @@ def test_try_with_a_missing_model_directory_is_422(sqlite_client, tmp_path):
     assert response.status_code == 422
     error = error_of(response)
     assert error["code"] == "model_not_found"
-    assert "config.json missing" in error["message"]
+    assert "is not available on this server" in error["message"]
 
 
 def test_try_bounds_are_enforced(sqlite_client):

@@ -77,6 +77,44 @@ def test_bad_run_requests_are_422_and_leave_nothing_behind(client, body, code):
     assert client.get("/v1/environments/arithmetic").json()["registered"] is False
 
 
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"samples_per_prompt": 10**9}, "samples_per_prompt"),
+        ({"prompts_per_step": 10**9}, "prompts_per_step"),
+        ({"sampling": {"max_new_tokens": 10**9}}, "sampling.max_new_tokens"),
+        ({"eval": {"size": 10**12}}, "eval.size"),
+        ({"eval": {"max_new_tokens": 10**9}}, "eval.max_new_tokens"),
+        ({"steps": 10**12}, "steps"),  # the top-level `steps` is bounded; so is this one
+        ({"seed": 10**30}, "seed"),
+        ({"context": {"max_reprompt_tokens": 10**9}}, "context.max_reprompt_tokens"),
+        ({"context": {"reprompt_template": "{prompt}{feedback}" + "x" * 5000}}, "context"),
+        ({"optim": {"grad_accumulation": 10**9}}, "optim.grad_accumulation"),
+        ({"lora": {"r": 10**9}}, "lora.r"),
+    ],
+)
+def test_every_run_config_field_is_bounded(client, config, field):
+    response = client.post("/v1/runs", json={"environment": "arithmetic", "config": config})
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "invalid_run_config"
+    assert field in error["message"]
+    assert client.get("/v1/runs").json()["items"] == []
+
+
+def test_the_run_list_leaves_out_the_config_which_the_run_itself_shows(client):
+    body = {
+        "environment": "arithmetic",
+        "config": {"context": {"feedback_template": "F {feedback}"}},
+    }
+    created = client.post("/v1/runs", json=body).json()
+    assert created["config"]["context"]["feedback_template"] == "F {feedback}"
+    [listed] = client.get("/v1/runs").json()["items"]
+    assert "config" not in listed
+    assert {k: v for k, v in created.items() if k != "config"} == listed
+    assert client.get(f"/v1/runs/{created['id']}").json()["config"] == created["config"]
+
+
 def test_a_config_with_an_infinite_number_is_422(client):
     # Python's JSON parser reads the non-standard `Infinity`; JSON (and Postgres) cannot hold it.
     body = '{"environment": "arithmetic", "config": {"optim": {"lr": Infinity}}}'
