@@ -7,9 +7,13 @@ run, and handed to the trainer unchanged.
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+# Optimiser steps of a run: one rule for `opsd train`, the API and everything in between.
+Steps = Annotated[int, Field(ge=1, le=100_000, description="optimiser steps")]
 
 
 class _Config(BaseModel):
@@ -168,7 +172,7 @@ class RunConfig(_Config):
     env: str = "arithmetic"
     env_config: dict = Field(default_factory=dict)
     model: str = "tiny"
-    steps: int = Field(300, ge=0)
+    steps: Steps = 300
     seed: int = 0
     prompts_per_step: int = Field(8, ge=1)
     samples_per_prompt: int = Field(8, ge=1)
