@@ -417,6 +417,30 @@ def test_serve_runs_uvicorn_with_the_app_on_the_settings_address(monkeypatch, tm
     assert options["access_log"] is False and options["log_level"] == "info"
 
 
+def test_serve_on_a_port_in_use_fails_at_once_before_it_migrates_or_trains(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "OPSD_DATA_DIR": str(tmp_path / "data")}
+        env.pop("OPSD_DATABASE_URL", None)
+        env.pop("OPSD_REDIS_URL", None)
+
+        second = subprocess.run(
+            [OPSD, "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    output = " ".join((second.stdout + second.stderr).split())
+    assert second.returncode == 2, output
+    assert output.startswith(f"error: cannot listen on 127.0.0.1:{port}: address already in use")
+    assert "Traceback" not in output
+    assert not (tmp_path / "data" / "opsd.db").exists()  # no migrations ran
+
+
 def test_serve_reports_invalid_settings_cleanly(monkeypatch, tmp_path):
     monkeypatch.setenv("OPSD_DATA_DIR", str(tmp_path))
 
