@@ -177,7 +177,8 @@ def follow(api: Client, run_id: int, interrupted: str | None = None) -> int:
         except KeyboardInterrupt:
             console.print(
                 interrupted
-                or f"stopped watching; run {run_id} goes on (`opsd runs watch {run_id}`)"
+                or f"stopped watching; run {run_id} goes on (`opsd runs watch {run_id}`)",
+                soft_wrap=True,
             )
             return INTERRUPTED
     evals = run.get("eval") or {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sandbox.base import SandboxSettings
@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     def run_dir(self, run_id: int) -> Path:
         """Checkpoints and plots of one run."""
         return self.data_dir / "runs" / str(run_id)
+
+    @field_validator("data_dir")
+    @classmethod
+    def absolute_data_dir(cls, data_dir: Path) -> Path:
+        """Absolute, so that the paths the service records and reports say where they are."""
+        return data_dir.expanduser().absolute()
 
     @model_validator(mode="after")
     def default_database(self) -> Settings:
