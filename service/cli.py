@@ -8,6 +8,8 @@ all are registered here.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,6 +44,16 @@ tiny_app = typer.Typer(
     help="The tiny character-level model shipped with opsd.", no_args_is_help=True
 )
 app.add_typer(tiny_app, name="tiny-model")
+
+
+@app.callback()
+def main() -> None:
+    """No per-file progress bars from Hugging Face libraries ("Loading weights", downloads)
+    in any command's output: opsd draws its own. Set before they are imported, which is
+    when they read it; a caller's own setting wins."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a caller's own process)
+        quiet_libraries()
 
 
 def progress_bar() -> Progress:

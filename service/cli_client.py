@@ -217,10 +217,11 @@ def runs_show(
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Show a run: status, progress, evaluation and its latest metrics."""
+    """Show a run: status, progress, evaluation, checkpoints and its latest metrics."""
     with connect(url, token) as api:
         run = api.get_run(run_id)
         series = api.run_metrics(run_id)
+        checkpoints = api.list_checkpoints(run_id)
     if as_json:
         typer.echo(json.dumps(run, indent=2))
         return
@@ -247,6 +248,9 @@ def runs_show(
     grid.add_row("created", f"{when(run.get('created_at'))}, updated {when(run.get('updated_at'))}")
     if run.get("error"):
         grid.add_row("error", f"[red]{escape(run['error'])}[/red]")
+    grid.add_row("checkpoints", "-" if checkpoints else "none yet")
+    for checkpoint in checkpoints:  # paths on the server's machine
+        grid.add_row(Text(f"  step {checkpoint['step']}"), Text(checkpoint["path"]))
     for name, points in sorted(series.items()):
         if points:
             step, value = points[-1]

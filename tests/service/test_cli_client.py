@@ -194,6 +194,23 @@ def test_runs_create_queues_a_run_that_list_and_show_report(server):
     assert '"lr": 0.001' in as_json.output
 
 
+def test_runs_show_lists_the_checkpoints_of_the_run(server):
+    run_id = create_run(server)
+    repo = server.repo()
+    paths = [server.settings.run_dir(run_id) / f"step-00000{step}" for step in (1, 2)]
+    for step, path in enumerate(paths, start=1):
+        repo.add_checkpoint(run_id, step, str(path))
+
+    shown = opsd("runs", "show", str(run_id), url=server.url)
+    fresh = opsd("runs", "show", str(create_run(server)), url=server.url)
+
+    assert shown.exit_code == 0, shown.output
+    lines = [" ".join(line.split()) for line in shown.output.splitlines()]
+    assert "checkpoints -" in lines
+    assert f"step 1 {paths[0]}" in lines and f"step 2 {paths[1]}" in lines
+    assert "checkpoints none yet" in text(fresh)
+
+
 def test_runs_create_takes_nested_overrides_from_a_config_file(server, tmp_path):
     config = tmp_path / "run.json"
     config.write_text('{"optim": {"lr": 0.0005}, "samples_per_prompt": 2}')
