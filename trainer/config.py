@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-
 # Optimiser steps of a run: one rule for `opsd train`, the API and everything in between.
 Steps = Annotated[int, Field(ge=1, le=100_000, description="optimiser steps")]
 
