@@ -8,10 +8,11 @@ all are registered here.
 from __future__ import annotations
 
 import json
-import logging
+import os
+import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -25,7 +26,16 @@ from rich.progress import (
 )
 
 from service import cli_client, cli_demo, cli_server
-from service.cli_common import console, fail, load_config_file, quiet_libraries
+
+if TYPE_CHECKING:
+    from trainer.config import RunConfig
+from service.cli_common import (
+    console,
+    fail,
+    load_config_file,
+    log_through_console,
+    quiet_libraries,
+)
 
 app = typer.Typer(
     help="opsd: on-policy self-distillation from environment feedback.", no_args_is_help=True
@@ -34,6 +44,16 @@ tiny_app = typer.Typer(
     help="The tiny character-level model shipped with opsd.", no_args_is_help=True
 )
 app.add_typer(tiny_app, name="tiny-model")
+
+
+@app.callback()
+def main() -> None:
+    """No per-file progress bars from Hugging Face libraries ("Loading weights", downloads)
+    in any command's output: opsd draws its own. Set before they are imported, which is
+    when they read it; a caller's own setting wins."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a caller's own process)
+        quiet_libraries()
 
 
 def progress_bar() -> Progress:
@@ -74,7 +94,9 @@ def train(
     ] = None,
 ) -> None:
     """Train a policy on an environment in this process (no server needed)."""
+    from envs.registry import InvalidEnvConfig, UnknownEnvironment
     from trainer.loop import train as run_training
+    from trainer.model import ModelNotFound
     from trainer.presets import merge, parse_assignment, preset
 
     overrides: dict[str, Any] = load_config_file(config) if config else {}
@@ -86,11 +108,17 @@ def train(
         for assignment in set_ or []:
             overrides = merge(overrides, parse_assignment(assignment))
         cfg = preset(algorithm, overrides)  # type: ignore[arg-type]
-    except (ValueError, ValidationError) as exc:
+        check_inputs(cfg)
+    except (
+        ValueError,
+        ValidationError,
+        UnknownEnvironment,
+        InvalidEnvConfig,
+        ModelNotFound,
+    ) as exc:
         raise fail(str(exc)) from exc
 
-    logging.basicConfig(level=logging.WARNING)
-    quiet_libraries()
+    log_through_console("warning")
     console.print(
         f"[bold]opsd train[/bold] {cfg.algorithm} on {cfg.env} with {cfg.model}, {cfg.steps} steps -> {out}"
     )
@@ -106,21 +134,26 @@ def train(
             status = f"reward {reward:.2f}  eval {acc}" if reward is not None else f"eval {acc}"
             progress.update(bar, completed=record["step"], status=status)
 
-        try:
-            summary = run_training(
-                cfg, out, on_step=on_step, device=device, checkpoint_every=checkpoint_every
-            )
-        except Exception as exc:  # model or environment that cannot be loaded
-            from envs.registry import InvalidEnvConfig, UnknownEnvironment
-            from trainer.model import ModelNotFound
-
-            if isinstance(exc, UnknownEnvironment | InvalidEnvConfig | ModelNotFound):
-                raise fail(str(exc)) from exc
-            raise
+        summary = run_training(
+            cfg, out, on_step=on_step, device=device, checkpoint_every=checkpoint_every
+        )
     console.print(
         f"eval accuracy {summary['base_eval_accuracy']:.3f} -> [bold]{summary['final_eval_accuracy']:.3f}[/bold] "
         f"with {summary['samples_seen']} samples in {summary['wall_seconds']:.0f}s; checkpoint {summary['checkpoint']}"
     )
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """The environment, its configuration and the model exist, before anything is written
+    or loaded: UnknownEnvironment, InvalidEnvConfig or ModelNotFound otherwise."""
+    from envs.registry import InvalidEnvConfig, env_class
+    from trainer.model import resolve_model
+
+    try:
+        env_class(cfg.env).Config.model_validate(cfg.env_config)
+    except ValidationError as exc:
+        raise InvalidEnvConfig(f"invalid config for environment {cfg.env!r}: {exc}") from exc
+    resolve_model(cfg.model)
 
 
 class TinyTask(StrEnum):

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from service.cli_common import console, fail, load_config_file
-from service.cli_watch import accuracy, follow, status_text
+from service.cli_watch import EXIT_CODES_HELP, accuracy, follow, status_text
 from service.client import DEFAULT_URL, ApiError, Client, Run, ServerUnreachable
 
 runs_app = typer.Typer(
@@ -132,7 +132,7 @@ def parse_json_or_file(value: str, flag: str) -> dict[str, Any]:
 # -- runs ---------------------------------------------------------------------------
 
 
-@runs_app.command("create")
+@runs_app.command("create", epilog=f"With --watch: {EXIT_CODES_HELP}")
 def runs_create(
     env: Annotated[str, typer.Option(help="environment name")],
     model: Annotated[
@@ -147,7 +147,9 @@ def runs_create(
         list[str] | None,
         typer.Option("--set", help="any config field, e.g. --set loss.distill.alpha=0.5"),
     ] = None,
-    watch: Annotated[bool, typer.Option(help="follow the run until it ends")] = False,
+    watch: Annotated[
+        bool, typer.Option(help="follow the run until it ends, as `opsd runs watch` does")
+    ] = False,
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
@@ -215,10 +217,11 @@ def runs_show(
     url: Url = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Show a run: status, progress, evaluation and its latest metrics."""
+    """Show a run: status, progress, evaluation, checkpoints and its latest metrics."""
     with connect(url, token) as api:
         run = api.get_run(run_id)
         series = api.run_metrics(run_id)
+        checkpoints = api.list_checkpoints(run_id)
     if as_json:
         typer.echo(json.dumps(run, indent=2))
         return
@@ -245,6 +248,9 @@ def runs_show(
     grid.add_row("created", f"{when(run.get('created_at'))}, updated {when(run.get('updated_at'))}")
     if run.get("error"):
         grid.add_row("error", f"[red]{escape(run['error'])}[/red]")
+    grid.add_row("checkpoints", "-" if checkpoints else "none yet")
+    for checkpoint in checkpoints:  # paths on the server's machine
+        grid.add_row(Text(f"  step {checkpoint['step']}"), Text(checkpoint["path"]))
     for name, points in sorted(series.items()):
         if points:
             step, value = points[-1]
@@ -252,9 +258,10 @@ def runs_show(
     console.print(grid)
 
 
-@runs_app.command("watch")
+@runs_app.command("watch", epilog=EXIT_CODES_HELP)
 def runs_watch(run_id: RunId, url: Url = DEFAULT_URL, token: Token = None) -> None:
-    """Follow a run live; exit code 0 when it completes, 1 when it fails, is cancelled or stops."""
+    """Follow a run from where it is until it ends (a bar on a terminal, plain lines in a
+    pipe or log file); the exit code says how it ended."""
     with connect(url, token) as api:
         code = follow(api, run_id)
     raise typer.Exit(code)

@@ -4,6 +4,7 @@ quiet libraries."""
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,20 @@ def quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def log_through_console(level: str) -> None:
+    """Log records (opsd's and the libraries') print through the console, so that they
+    appear above a live progress bar instead of breaking into it."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) and h.console is console for h in root.handlers):
+        handler = RichHandler(console=console, show_time=False, show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    quiet_libraries()
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Coroutine
 from typing import Annotated, Any
 
@@ -68,6 +69,7 @@ def serve(
         check_bind(settings)
     except InsecureBind as exc:
         raise fail(str(exc)) from exc
+    check_port(settings.host, settings.port)  # before migrations and the trainer start
 
     import uvicorn
 
@@ -88,6 +90,22 @@ def serve(
         log_level=log_level,
         access_log=access_log,
     )
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail at once when `host:port` cannot be listened on (another server holds it),
+    binding a socket as uvicorn will."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise fail(
+                f"cannot listen on {host}:{port}: {reason.lower()} (another `opsd serve`?); "
+                "choose another with --port or OPSD_PORT"
+            ) from exc
 
 
 def worker(

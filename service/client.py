@@ -2,7 +2,7 @@
 
     with Client("http://127.0.0.1:8000") as api:        # token: OPSD_API_TOKEN by default
         run = api.create_run("arithmetic", steps=100)
-        for event in api.events(run["id"]):             # SSE, ends after a terminal event
+        for event in api.events(run["id"]):             # SSE, ends when the run has ended
             print(event.kind, event.payload)
 
 The client knows nothing of the server's code: responses are plain JSON typed with
@@ -319,9 +319,11 @@ class Client:
     def events(self, run_id: int, after: str | int | None = None) -> Iterator[Event]:
         """The run's events as they happen, from after event id `after` (None: all).
 
-        Ends after a terminal event (completed, failed, cancelled, stopped) or when the
-        server closes the stream. A dropped connection is resumed with `Last-Event-ID`;
-        `ServerUnreachable` after RECONNECTS failures in a row.
+        Ends when the server closes the stream: once the run's latest event is terminal
+        (completed, failed, cancelled, stopped) or the run has ended. A terminal event
+        that later events follow (a stop, then a resume) does not end it. A dropped
+        connection is resumed with `Last-Event-ID`; `ServerUnreachable` after
+        RECONNECTS failures in a row.
         """
         last_id = None if after is None else str(after)
         failures = 0
@@ -343,8 +345,6 @@ class Client:
                         last_id = event.id or last_id
                         failures = 0
                         yield event
-                        if event.terminal:
-                            return
                     return  # the server ended the stream
             except httpx.TransportError as exc:
                 failures += 1

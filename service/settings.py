@@ -118,6 +118,12 @@ class Settings(BaseSettings):
             models_dir=self.models_dir, allowed=tuple(self.allowed_models), hub=self.hub_models
         )
 
+    @field_validator("data_dir")
+    @classmethod
+    def absolute_data_dir(cls, data_dir: Path) -> Path:
+        """Absolute, so that the paths the service records and reports say where they are."""
+        return data_dir.expanduser().absolute()
+
     @model_validator(mode="after")
     def default_database(self) -> Settings:
         if not self.database_url:

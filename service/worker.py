@@ -118,8 +118,11 @@ class Worker:
             self.held.pop(run_id, None)  # their message ids died with the stream
             run = await asyncio.to_thread(self.repo.get_run, run_id)
             if run.status == RunStatus.running:
-                log.warning("run %d: its batch stream was lost (Redis flushed?)", run_id)
-                await republish_untrained(self.repo, self.bus, run_id)
+                # A run whose first batch is not recorded yet had no stream to lose: the
+                # orchestrator is still loading its policy, and this created the group.
+                if await asyncio.to_thread(self.repo.last_batch_step, run_id):
+                    log.warning("run %d: its batch stream was lost (Redis flushed?)", run_id)
+                    await republish_untrained(self.repo, self.bus, run_id)
             else:  # the orchestrator deleted the stream of a finished run under our read
                 await self.bus.delete_run(key)
             return

@@ -17,6 +17,9 @@ MAX_TOKENS = 32_768  # per response, per teacher context
 MAX_TEMPLATE_CHARS = 4_096
 MAX_SEED = 2**32 - 1
 
+# Optimiser steps of a run: one rule for `opsd train`, the API and everything in between.
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS, description="optimiser steps")]
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -190,7 +193,7 @@ class RunConfig(_Config):
     env: str = Field("arithmetic", min_length=1, max_length=128)
     env_config: dict = Field(default_factory=dict)
     model: str = Field("tiny", min_length=1, max_length=256)
-    steps: int = Field(300, ge=0, le=MAX_STEPS)
+    steps: Steps = 300
     seed: int = Field(0, ge=0, le=MAX_SEED)
     prompts_per_step: int = Field(8, ge=1, le=1024)
     samples_per_prompt: int = Field(8, ge=1, le=256)

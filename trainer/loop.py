@@ -170,10 +170,10 @@ def train(
 ) -> dict:
     """Run (or resume) `cfg` to completion; returns the summary written to summary.json."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     metrics_path = out / "metrics.jsonl"
-    with Session.open(cfg, device) as session:
+    with Session.open(cfg, device) as session:  # a bad environment or model: nothing written
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.model_dump_json(indent=2))
         task_rng = random.Random(cfg.seed)
         train_tasks = list(session.env.dataset("train"))
 

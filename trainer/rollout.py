@@ -219,11 +219,16 @@ def rollout_stats(batch: Batch, rollouts: Sequence[Rollout]) -> dict[str, float]
 
 
 def budget_warning(stats: dict[str, float], max_new_tokens: int) -> str | None:
-    """A hint when a quarter or more of the responses ran into the token budget, else None."""
+    """A hint when a quarter or more of the responses ran into the token budget, else None.
+    Episodes (multi-turn environments: their stats hold `turns_mean`) get their own reason."""
     if stats.get("truncated_frac", 0.0) < 0.25:
         return None
+    why = (
+        "a tool episode needs room for every call, tool output and the answer"
+        if "turns_mean" in stats
+        else "a response cut off before its answer cannot be right"
+    )
     return (
         f"{stats['truncated_frac']:.0%} of the responses ran into sampling.max_new_tokens="
-        f"{max_new_tokens}; raise it (a tool episode needs room for every call, tool output "
-        "and the answer)"
+        f"{max_new_tokens}; raise it ({why})"
     )

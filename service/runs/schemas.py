@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.environments.schemas import MODEL_FIELD
 from service.storage import RunStatus
+from trainer.config import Steps
 
 MAX_INT32 = 2**31 - 1  # runs.id, steps
 MAX_INT64 = 2**63 - 1  # trajectories.id, events.id
@@ -38,9 +39,7 @@ class RunCreate(BaseModel):
     )
     model: str = MODEL_FIELD
     algorithm: Literal["sdpo", "grpo"] = Field("sdpo", description="the preset to start from")
-    steps: int | None = Field(
-        None, ge=1, le=100_000, description="optimiser steps (default: the preset's)"
-    )
+    steps: Steps | None = Field(None, description="optimiser steps (default: the preset's)")
     config: dict[str, Any] = Field(
         default_factory=dict, description="nested RunConfig overrides, e.g. {'optim': {'lr': 1e-4}}"
     )

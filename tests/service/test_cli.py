@@ -98,16 +98,38 @@ def test_train_rejects_an_unknown_algorithm(model_dir, tmp_path):
     assert_clean_failure(result, "ppo", "grpo", "sdpo")
 
 
+def assert_nothing_started(result, out: Path) -> None:
+    """Bad input is refused before a progress bar is drawn or the run folder is made."""
+    assert "evaluating base model" not in result.output and "opsd train" not in result.output
+    assert not out.exists()
+
+
 def test_train_with_an_unknown_environment_exits_2_listing_the_known_ones(model_dir, tmp_path):
     args = ["train", "--out", str(tmp_path / "run"), "--model", str(model_dir), "--steps", "1"]
     result = runner.invoke(app, args + ["--env", "no-such-env", "--device", "cpu"])
     assert_clean_failure(result, "unknown environment", "no-such-env", "arithmetic")
+    assert_nothing_started(result, tmp_path / "run")
 
 
 def test_train_with_an_invalid_env_config_exits_2(model_dir, tmp_path):
     args = ["train", "--out", str(tmp_path / "run"), "--model", str(model_dir), "--steps", "1"]
     result = runner.invoke(app, args + ["--set", "env_config.low=-3", "--device", "cpu"])
     assert_clean_failure(result, "invalid config for environment 'arithmetic'", "low")
+    assert_nothing_started(result, tmp_path / "run")
+
+
+def test_train_with_a_model_folder_that_holds_no_model_exits_2(tmp_path):
+    args = ["train", "--out", str(tmp_path / "run"), "--model", str(tmp_path), "--steps", "1"]
+    result = runner.invoke(app, args + ["--device", "cpu"])
+    assert_clean_failure(result, "no Hugging Face model directory", str(tmp_path))
+    assert_nothing_started(result, tmp_path / "run")
+
+
+def test_train_refuses_zero_steps_as_the_api_does(model_dir, tmp_path):
+    args = ["train", "--out", str(tmp_path / "run"), "--model", str(model_dir), "--steps", "0"]
+    result = runner.invoke(app, args + ["--device", "cpu"])
+    assert_clean_failure(result, "steps", "greater than or equal to 1")
+    assert_nothing_started(result, tmp_path / "run")
 
 
 def test_train_with_a_missing_config_file_exits_2(tmp_path):

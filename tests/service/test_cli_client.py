@@ -7,10 +7,14 @@ on a free port in a thread; the commands run through typer's CliRunner against i
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +28,27 @@ from service.app import create_app
 from service.cli import app
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
+from service.storage import models as orm
 from service.storage.migrate import upgrade
 
-from .conftest import REDIS_URL
+from .conftest import REDIS_URL, delete_prefix
 
 runner = CliRunner()
 TOKEN = "s3cret-token"
+OPSD = str(Path(sys.executable).with_name("opsd"))  # the installed command
+
+
+def lines_of(process: subprocess.Popen) -> queue.Queue:
+    """The process's output lines as they come (None after the last)."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
 
 
 class Server:
@@ -175,6 +194,23 @@ def test_runs_create_queues_a_run_that_list_and_show_report(server):
     assert '"lr": 0.001' in as_json.output
 
 
+def test_runs_show_lists_the_checkpoints_of_the_run(server):
+    run_id = create_run(server)
+    repo = server.repo()
+    paths = [server.settings.run_dir(run_id) / f"step-00000{step}" for step in (1, 2)]
+    for step, path in enumerate(paths, start=1):
+        repo.add_checkpoint(run_id, step, str(path))
+
+    shown = opsd("runs", "show", str(run_id), url=server.url)
+    fresh = opsd("runs", "show", str(create_run(server)), url=server.url)
+
+    assert shown.exit_code == 0, shown.output
+    lines = [" ".join(line.split()) for line in shown.output.splitlines()]
+    assert "checkpoints -" in lines
+    assert f"step 1 {paths[0]}" in lines and f"step 2 {paths[1]}" in lines
+    assert "checkpoints none yet" in text(fresh)
+
+
 def test_runs_create_takes_nested_overrides_from_a_config_file(server, tmp_path):
     config = tmp_path / "run.json"
     config.write_text('{"optim": {"lr": 0.0005}, "samples_per_prompt": 2}')
@@ -215,7 +251,7 @@ def test_runs_show_of_a_missing_run_fails_cleanly(server):
 
 
 @pytest.mark.parametrize(
-    ("ending", "code"), [("completed", 0), ("failed", 1), ("cancelled", 1), ("stopped", 1)]
+    ("ending", "code"), [("completed", 0), ("failed", 1), ("stopped", 3), ("cancelled", 4)]
 )
 def test_runs_watch_follows_the_events_and_exits_by_how_the_run_ended(server, ending, code):
     """Plumbing: the events are written into the record by the test, not by training;
@@ -242,6 +278,101 @@ def test_runs_watch_follows_the_events_and_exits_by_how_the_run_ended(server, en
     assert "Traceback" not in result.output
     assert f"run {run_id} {ending}" in text(result)
     assert "reward 0.750" in text(result) and "eval 0.500" in text(result)
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory, postgres) -> Iterator[Server]:
+    """The service on Postgres and the Redis bus (what `opsd serve` runs beside workers)."""
+    prefix = f"opsd-test-{uuid.uuid4().hex[:12]}"
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("pg"),
+        database_url=postgres.create(),
+        redis_url=REDIS_URL,
+        bus_prefix=prefix,
+    )
+    with Server(settings) as running:
+        yield running
+    delete_prefix(REDIS_URL, prefix)
+
+
+@pytest.mark.parametrize("where", ["server", "postgres_server"])
+def test_runs_watch_after_a_stop_and_a_resume_follows_the_run_until_it_completes(where, request):
+    """`opsd runs stop 3 && opsd runs resume 3 && opsd runs watch 3`: the old `stopped`
+    event is history; the watch follows the run on and exits 0 when it completes.
+    Plumbing: the test writes what the trainer would."""
+    server: Server = request.getfixturevalue(where)
+    run_id = create_run(server)
+    repo = server.repo()
+    repo.set_status(run_id, RunStatus.running)
+    repo.add_event(run_id, "started", {})
+    repo.add_event(run_id, "step", {"step": 1, "metrics": {"reward_mean": 0.25}})
+    assert opsd("runs", "stop", str(run_id), url=server.url).exit_code == 0
+    assert opsd("runs", "resume", str(run_id), url=server.url).exit_code == 0
+    repo.set_status(run_id, RunStatus.running)
+    repo.add_event(run_id, "started", {})
+
+    def train_on() -> None:
+        time.sleep(1.5)
+        for step in (2, 3):
+            repo.add_event(run_id, "step", {"step": step, "metrics": {"reward_mean": 0.25 * step}})
+        with repo.sessions.begin() as s:
+            s.get(orm.Run, run_id).steps_done = 3
+        repo.set_status(run_id, RunStatus.completed)
+        repo.add_event(run_id, "completed", {})
+
+    trainer = threading.Thread(target=train_on)
+    trainer.start()
+    result = opsd("runs", "watch", str(run_id), url=server.url)
+    trainer.join()
+
+    assert result.exit_code == 0, result.output
+    assert f"run {run_id} completed at step 3/3" in text(result)
+    assert "reward 0.750" in text(result)
+
+
+def test_runs_watch_of_a_stopped_run_says_so_and_exits_3(server):
+    run_id = create_run(server)
+    assert opsd("runs", "stop", str(run_id), url=server.url).exit_code == 0
+
+    result = opsd("runs", "watch", str(run_id), url=server.url)
+
+    assert result.exit_code == 3, result.output
+    assert f"run {run_id} stopped" in text(result)
+    assert f"opsd runs resume {run_id}" in text(result)
+
+
+def test_runs_watch_into_a_pipe_prints_a_line_per_evaluation_while_the_run_goes_on(server):
+    """Not a terminal (a pipe, a log file, CI): plain lines as the run moves, no bar."""
+    run_id = create_run(server)
+    repo = server.repo()
+    repo.set_status(run_id, RunStatus.running)
+    repo.add_event(run_id, "started", {})
+    watcher = subprocess.Popen(
+        [OPSD, "runs", "watch", str(run_id), "--url", server.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = lines_of(watcher)
+    try:
+        first = lines.get(timeout=60)  # where the run is as the watch begins
+        repo.add_event(run_id, "step", {"step": 1, "metrics": {"reward_mean": 0.5}})
+        repo.add_event(run_id, "eval", {"step": 1, "accuracy": 0.25})
+        evaluated = lines.get(timeout=60)  # arrives while the run still goes on
+
+        repo.set_status(run_id, RunStatus.cancelled)
+        repo.add_event(run_id, "cancelled", {})
+        watcher.wait(timeout=60)
+    finally:
+        watcher.kill()
+    rest = "".join(iter(lines.get, None))
+
+    assert first.startswith(f"run {run_id}: step 0/3"), first
+    assert evaluated.startswith(f"run {run_id}: step 1/3"), evaluated
+    assert "reward 0.500" in evaluated and "eval 0.250" in evaluated
+    assert f"run {run_id} cancelled" in rest
+    assert watcher.returncode == 4
+    assert "━" not in first + evaluated + rest  # no progress bar drawn into the pipe
 
 
 # -- reaching the server ------------------------------------------------------------
@@ -303,6 +434,30 @@ def test_serve_runs_uvicorn_with_the_app_on_the_settings_address(monkeypatch, tm
     assert isinstance(served, FastAPI)
     assert options["host"] == "0.0.0.0" and options["port"] == 8123
     assert options["access_log"] is False and options["log_level"] == "info"
+
+
+def test_serve_on_a_port_in_use_fails_at_once_before_it_migrates_or_trains(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "OPSD_DATA_DIR": str(tmp_path / "data")}
+        env.pop("OPSD_DATABASE_URL", None)
+        env.pop("OPSD_REDIS_URL", None)
+
+        second = subprocess.run(
+            [OPSD, "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    output = " ".join((second.stdout + second.stderr).split())
+    assert second.returncode == 2, output
+    assert output.startswith(f"error: cannot listen on 127.0.0.1:{port}: address already in use")
+    assert "Traceback" not in output
+    assert not (tmp_path / "data" / "opsd.db").exists()  # no migrations ran
 
 
 def test_serve_reports_invalid_settings_cleanly(monkeypatch, tmp_path):

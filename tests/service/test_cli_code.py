@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +84,24 @@ def test_envs_try_prints_a_table_of_rewards_verdicts_and_feedback():
     for column in ("task", "response", "reward", "verdict", "feedback"):
         assert column in out
     assert "The answer is" in out or "ok" in out
+
+
+def test_envs_try_prints_no_loading_bars_of_hugging_face_libraries():
+    """Loading the model draws no "Loading weights" bar into the command's output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    opsd = str(Path(sys.executable).with_name("opsd"))
+    args = ["envs", "try", "arithmetic", "--model", "tiny", "-n", "1", "--tasks", "1"]
+    done = subprocess.run(
+        [opsd, *args, "--device", "cpu", "--max-new-tokens", "4"],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "arithmetic: 1 tasks x 1 responses from tiny" in " ".join(done.stdout.split())
+    assert "Loading weights" not in done.stdout + done.stderr
+    assert "it/s" not in done.stdout + done.stderr
 
 
 def test_envs_try_fails_cleanly_on_an_unknown_environment_or_bad_config():

@@ -91,13 +91,12 @@ def test_parse_sse_drops_an_event_cut_off_before_its_blank_line():
     assert list(parse_sse(iter(["id: 1", "event: step", "data: {}"]))) == []
 
 
-def test_events_stop_after_the_terminal_event():
-    body = sse((1, "started", {}), (2, "step", {"step": 1}), (3, "completed", {}), (4, "x", {}))
+def test_events_go_on_past_a_stop_that_a_resume_followed_until_the_server_ends_the_stream():
+    kinds = ["started", "step", "stopped", "resumed", "started", "step", "completed"]
+    body = sse(*((i, kind, {}) for i, kind in enumerate(kinds, start=1)))
     api = client_for(lambda request: httpx.Response(200, content=body))
 
-    kinds = [event.kind for event in api.events(1)]
-
-    assert kinds == ["started", "step", "completed"]
+    assert [event.kind for event in api.events(1)] == kinds
 
 
 def test_events_resume_with_last_event_id_after_a_dropped_connection(monkeypatch):

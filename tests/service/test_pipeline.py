@@ -227,6 +227,22 @@ async def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record
     assert_trained_exactly_once(repo, run_id, steps)
 
 
+async def test_a_run_just_started_is_not_reported_as_a_lost_stream(stack, caplog):
+    """The worker may see a running run before its orchestrator has loaded the policy and
+    opened the batch stream: nothing was lost, and nothing is said."""
+    repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    run = repo.create_run(env.id, config())
+    repo.set_status(run.id, RunStatus.running)  # what the orchestrator does first
+    worker = Worker(repo, stack.bus, stack.settings)
+    await worker.start()
+    try:
+        await until(lambda: run.id in worker.held)  # it has read the run's stream
+    finally:
+        await worker.aclose()
+    assert "stream was lost" not in caplog.text
+
+
 async def test_two_orchestrators_drive_a_run_once(stack):
     """API replicas each run an orchestrator: a run's drive lease lets one sample it."""
     repo = stack.repo

@@ -435,6 +435,13 @@ def test_budget_warning_names_the_setting_once_a_quarter_is_cut_off():
     assert hint and "25% of the responses" in hint and "max_new_tokens=16; raise it" in hint
 
 
+def test_budget_warning_speaks_of_tool_episodes_only_for_multi_turn_environments():
+    single_turn = budget_warning({"truncated_frac": 0.5}, 16)
+    episodes = budget_warning({"truncated_frac": 0.5, "turns_mean": 2.0}, 16)
+    assert single_turn and "tool" not in single_turn and "before its answer" in single_turn
+    assert episodes and "tool episode needs room" in episodes
+
+
 @pytest.mark.parametrize(
     ("model", "budget", "warned"), [("random", 4, True), ("tiny-tools", 160, False)]
 )
