@@ -145,6 +145,14 @@ class Repository:
             raise NotFound(f"run {run_id} not found")
         return run
 
+    def run_status(self, run_id: int) -> RunStatus:
+        """The run's state alone (what a poll needs: no configuration read and parsed)."""
+        with self.sessions() as s:
+            status = s.scalar(select(Run.status).where(Run.id == run_id))
+        if status is None:
+            raise NotFound(f"run {run_id} not found")
+        return status
+
     def list_runs(
         self, limit: int = 50, cursor: str | None = None, status: RunStatus | None = None
     ) -> tuple[list[Run], str | None]:
