@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 from contextlib import AsyncExitStack, suppress
+from importlib import import_module
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WAKE, STOP = b"w", b"s"
+PRELOAD = "trainer.model"  # what the API process itself still needs of the trainer
 STOP_TIMEOUT_S = 30.0  # a stopping pipeline first finishes the step or evaluation under way
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # waits before restarting an exited pipeline
 
@@ -94,10 +96,13 @@ class PipelineProcess:
         self._supervisor: asyncio.Task | None = None
         self._stopping = False
         self._restart_at: float | None = None
-        self._replays: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> PipelineProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name="pipeline process")
+        # Creating a run resolves its model name (trainer.model, hence torch): imported
+        # now, in the background, not by the first create (seconds on a busy machine).
+        self._background.add(asyncio.create_task(asyncio.to_thread(import_module, PRELOAD)))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -134,7 +139,7 @@ class PipelineProcess:
                 await asyncio.to_thread(process.join)
         if self._supervisor is not None:
             await cancel_and_wait(self._supervisor)
-        for task in list(self._replays):
+        for task in list(self._background):
             await cancel_and_wait(task)
 
     def _send(self, message: bytes) -> None:
@@ -228,8 +233,8 @@ class PipelineProcess:
             log.info("pipeline process %s drives runs", self.pid)
             return
         task = asyncio.ensure_future(getattr(self.bus, kind)(*args))
-        self._replays.add(task)
-        task.add_done_callback(self._replays.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 # --- in the pipeline process ---
