@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -247,12 +248,13 @@ def wait_steps(record: Record, run_id: int, steps: int, timeout_s: float = 600) 
 @dataclass
 class Tally:
     latencies: dict[str, list[float]] = field(default_factory=dict)
-    errors: int = 0
+    errors: Counter = field(default_factory=Counter)  # what went wrong -> how often
     events: int = 0
 
-    def add(self, kind: str, seconds: float, ok: bool) -> None:
+    def add(self, kind: str, seconds: float, error: str | None) -> None:
         self.latencies.setdefault(kind, []).append(seconds)
-        self.errors += not ok
+        if error is not None:
+            self.errors[f"{kind}: {error}"] += 1
 
     def all(self) -> list[float]:
         return sorted(s for values in self.latencies.values() for s in values)
@@ -276,14 +278,16 @@ async def reader(client, run_id, trajectories, deadline, think_s, tally, rng) ->
             "trajectory": (f"/v1/runs/{run_id}/trajectories/{rng.choice(trajectories)}", {}),
         }[kind]
         began = time.perf_counter()
+        error = None
         try:
             response = await client.get(path, params={k: v for k, v in params.items() if v})
-            ok = response.status_code == 200
+            if response.status_code != 200:
+                error = f"HTTP {response.status_code}"
             if kind == "page":
-                cursor = response.json()["next_cursor"] if ok else None
-        except httpx.HTTPError:
-            ok = False
-        tally.add(kind, time.perf_counter() - began, ok)
+                cursor = None if error else response.json()["next_cursor"]
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        tally.add(kind, time.perf_counter() - began, error)
         if think_s:
             await asyncio.sleep(think_s)
 
@@ -293,15 +297,15 @@ async def sse(client, run_id, deadline, tally) -> None:
         async with asyncio.timeout(deadline - time.monotonic()):
             async with client.stream("GET", f"/v1/runs/{run_id}/events") as response:
                 if response.status_code != 200:
-                    tally.errors += 1
+                    tally.errors[f"events: HTTP {response.status_code}"] += 1
                     return
                 async for line in response.aiter_lines():
                     tally.events += line.startswith("id:")
-        tally.errors += 1  # the stream ended although the run goes on
+        tally.errors["events: ended early"] += 1  # the run goes on: it should not end
     except TimeoutError:
         pass  # the window is over
-    except httpx.HTTPError:
-        tally.errors += 1
+    except httpx.HTTPError as exc:
+        tally.errors[f"events: {type(exc).__name__}"] += 1
 
 
 async def load(svc: Service, run_id: int, args) -> tuple[Tally, float]:
@@ -341,7 +345,8 @@ def one_repeat(svc: Service, record: Record, run_id: int, args) -> dict:
         "p50_ms": 1000 * quantile(latencies, 0.5),
         "p99_ms": 1000 * quantile(latencies, 0.99),
         "requests_s": len(latencies) / seconds,
-        "errors": tally.errors,
+        "errors": sum(tally.errors.values()),
+        "error_kinds": dict(tally.errors),
         "sse_events": tally.events,
         "p99_ms_by_kind": {
             kind: round(1000 * quantile(values, 0.99), 1)
