@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WAKE, STOP = b"w", b"s"
+MIRRORED = ("heartbeat", "publish_event", "publish_feedback", "delete_run")  # bus calls
 PRELOAD = "trainer.model"  # what the API process itself still needs of the trainer
 STOP_TIMEOUT_S = 30.0  # a stopping pipeline first finishes the step or evaluation under way
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # waits before restarting an exited pipeline
@@ -231,6 +232,9 @@ class PipelineProcess:
         if kind == "ready":
             self.ready = True
             log.info("pipeline process %s drives runs", self.pid)
+            return
+        if kind not in MIRRORED:
+            log.warning("unknown report %r from the pipeline process", kind)
             return
         task = asyncio.ensure_future(getattr(self.bus, kind)(*args))
         self._background.add(task)
