@@ -3,8 +3,9 @@
 Embedded mode (a SQLite URL): the database is migrated on start. Postgres is migrated
 by `opsd db upgrade`, never by the app; /readyz reports a database behind the code.
 With `background=True` the orchestrator (and, when settings say so, an in-process
-trainer worker) run for the app's lifetime; tests that only exercise HTTP pass
-`background=False` so that nothing trains.
+trainer worker) run for the app's lifetime, in a child process by default
+(service.pipeline_process); tests that only exercise HTTP pass `background=False` so
+that nothing trains.
 
     uvicorn --factory service.app:create_app     # OPSD_* settings, as `opsd serve`
 
@@ -43,6 +44,7 @@ from service.api.metrics import AppMetrics, MetricsMiddleware
 from service.bus import make_bus
 from service.environments.endpoints import router as environments_router
 from service.health import router as health_router
+from service.pipeline_process import PipelineProcess, start_pipeline
 from service.runs.endpoints import router as runs_router
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
@@ -93,17 +95,12 @@ async def open_services(settings: Settings, *, background: bool) -> AsyncIterato
             bus=bus,
             schema_head=schema_head(url),
         )
-        if background:
-            from service.orchestrator import Orchestrator
-            from service.worker import Worker
-
-            if settings.trains_in_process:  # the consumer first, so no batch waits for it
-                services.worker = Worker(services.repo, bus, settings)
-                await services.worker.start()
-                stack.push_async_callback(services.worker.aclose)
-            services.orchestrator = Orchestrator(services.repo, bus, settings)
-            await services.orchestrator.start()
-            stack.push_async_callback(services.orchestrator.aclose)
+        if background and settings.pipeline_process:  # in a child process (pipeline_process)
+            services.pipeline = await stack.enter_async_context(PipelineProcess(settings, bus))
+        elif background:
+            services.orchestrator, services.worker = await start_pipeline(
+                stack, services.repo, bus, settings
+            )
         log.info("opsd API ready (database %s, background %s)", engine.url.drivername, background)
         yield services
 

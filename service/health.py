@@ -2,8 +2,8 @@
 
 /healthz says the process answers. /readyz says it can do its job: the database
 answers and is at the schema this code expects (Postgres is migrated by the `opsd db
-upgrade` one-shot, not by the app), the bus answers, and at least one trainer worker
-has a live heartbeat.
+upgrade` one-shot, not by the app), the bus answers, at least one trainer worker has a
+live heartbeat, and the pipeline process (when the app runs one) drives runs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str] = Field(
-        description="database, bus, worker: `ok` or what is wrong",
+        description="database, bus, worker (and pipeline): `ok` or what is wrong",
         examples=[{"database": "ok", "bus": "ok", "worker": "ok"}],
     )
 
@@ -67,6 +67,8 @@ def check_database(services: Services) -> str:
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Ready when the database, the bus and at least one trainer worker are."""
     checks = {"database": await to_thread.run_sync(check_database, services)}
+    if services.pipeline is not None:
+        checks["pipeline"] = services.pipeline.check()
     try:
         checks["bus"] = "ok" if await services.bus.ping() else "not answering"
         workers = await services.bus.live_workers()

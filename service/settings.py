@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         description="train inside the API process; default: yes without Redis, no with it",
     )
     device: str | None = Field(None, description="torch device for sampling and training")
+    pipeline_process: bool = Field(
+        True,
+        description="sample (and, in embedded mode, train) in a child process of the API, so "
+        "that request handling and the pipeline do not share one interpreter; False keeps "
+        "them in the API process",
+    )
     bus_prefix: str = Field("opsd", description="key prefix of everything on the bus")
     checkpoint_keep: int = Field(
         2, ge=1, description="latest per-step checkpoints kept besides the evaluated ones"

@@ -19,6 +19,7 @@ from service.storage import Repository
 
 if TYPE_CHECKING:
     from service.orchestrator import Orchestrator
+    from service.pipeline_process import PipelineProcess
     from service.worker import Worker
 
 
@@ -32,6 +33,7 @@ class Services:
     bus: Bus
     orchestrator: Orchestrator | None = None  # None when the app was made without background
     worker: Worker | None = None  # the in-process trainer (embedded mode)
+    pipeline: PipelineProcess | None = None  # both of the above, in a child process
     policies: PolicyCache = field(default_factory=PolicyCache)  # models loaded for `try`
     schema_head: str | None = None  # the Alembic head revision the code expects
 
@@ -39,6 +41,8 @@ class Services:
         """Tell the orchestrator a run changed (created, stopped, resumed, cancelled)."""
         if self.orchestrator is not None:
             self.orchestrator.wake()
+        if self.pipeline is not None:
+            self.pipeline.wake()
 
 
 def get_services(request: Request) -> Services:

@@ -31,6 +31,11 @@ def to_message(event: orm.Event) -> ServerSentEvent:
     return ServerSentEvent(data=data.model_dump_json(), id=str(event.id), event=event.kind)
 
 
+def poll(repo: Repository, run_id: int, after: int) -> tuple[RunStatus, list[orm.Event]]:
+    """The run's state, then its events after `after` (one trip to a worker thread)."""
+    return repo.run_status(run_id), repo.events_after(run_id, after, BATCH)
+
+
 async def follow_run(
     repo: Repository, run_id: int, after: int, poll_s: float
 ) -> AsyncIterator[ServerSentEvent]:
@@ -41,8 +46,7 @@ async def follow_run(
     while True:
         # The status is read before the events: a run seen terminal has written its last
         # event already, or writes it within one more poll (the grace round).
-        status = (await to_thread.run_sync(repo.get_run, run_id)).status
-        events = await to_thread.run_sync(repo.events_after, run_id, after, BATCH)
+        status, events = await to_thread.run_sync(poll, repo, run_id, after)
         for event in events:
             yield to_message(event)
             after, last_kind = event.id, event.kind

@@ -89,6 +89,7 @@ class Environment(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (Index(None, "status", "id"),)  # the list by status; the active runs
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     environment_id: Mapped[int] = mapped_column(
@@ -140,6 +141,7 @@ class Trajectory(Base):
     __table_args__ = (
         Index(None, "run_id", "step"),
         Index(None, "run_id", "verdict"),
+        Index(None, "run_id", "id"),  # a run's pages, in the order they were written
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

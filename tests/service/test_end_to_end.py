@@ -1,6 +1,7 @@
 """One run end to end through HTTP, as a user drives it: a real uvicorn server (in a thread)
 serving `create_app(..., background=True)`, so the orchestrator and the trainer worker
-run inside it, and the typed `service.client.Client` on the other end (tests/service/live.py).
+run in its pipeline process, and the typed `service.client.Client` on the other end
+(tests/service/live.py).
 
 Embedded: a SQLite file and the in-process bus (the default, no setup). Distributed:
 Postgres and Redis, with the API process training too (`embedded_worker=True`).
@@ -135,7 +136,7 @@ def test_a_run_registered_started_and_followed_over_http_reports_everything_it_d
     # -- health ---------------------------------------------------------------------------
     ready = api.ready()
     assert ready["status"] == "ready", ready
-    assert ready["checks"] == {"database": "ok", "bus": "ok", "worker": "ok"}
+    assert ready["checks"] == {"database": "ok", "bus": "ok", "worker": "ok", "pipeline": "ok"}
 
 
 def test_a_tool_run_over_http_shows_episodes_per_turn_metrics_and_masked_tool_output(api):

@@ -87,9 +87,8 @@ def test_two_apps_in_one_process_keep_separate_metrics(make_client, tmp_path):
 
 
 def test_embedded_app_runs_an_in_process_worker_that_makes_it_ready(make_client, tmp_path):
-    client = make_client(
-        Settings(data_dir=tmp_path, device="cpu", heartbeat_s=0.1), background=True
-    )
+    settings = Settings(data_dir=tmp_path, device="cpu", heartbeat_s=0.1, pipeline_process=False)
+    client = make_client(settings, background=True)
     services = client.app.state.services
     assert services.orchestrator is not None and services.worker is not None
     deadline = time.monotonic() + 30
@@ -99,7 +98,8 @@ def test_embedded_app_runs_an_in_process_worker_that_makes_it_ready(make_client,
 
 
 def test_without_an_embedded_worker_only_the_orchestrator_runs(make_client, tmp_path):
-    client = make_client(Settings(data_dir=tmp_path, embedded_worker=False), background=True)
+    settings = Settings(data_dir=tmp_path, embedded_worker=False, pipeline_process=False)
+    client = make_client(settings, background=True)
     services = client.app.state.services
     assert services.orchestrator is not None and services.worker is None
     assert client.get("/readyz").json()["checks"]["worker"] == "no live worker heartbeat"
