@@ -228,7 +228,7 @@ async def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record
 
 
 async def test_two_orchestrators_drive_a_run_once(stack):
-    """API replicas each run an orchestrator: a run's drive lease lets one sample it."""
+    """API replicas each run an orchestrator: a run's lease in the record lets one sample it."""
     repo = stack.repo
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, config())
@@ -242,7 +242,12 @@ async def test_two_orchestrators_drive_a_run_once(stack):
         return open_policy
 
     orchestrators = [
-        Orchestrator(repo, stack.bus, stack.settings, open_policy=counting(name))
+        Orchestrator(
+            repo,
+            stack.bus,
+            stack.settings.model_copy(update={"replica_id": name}),
+            open_policy=counting(name),
+        )
         for name in ("a", "b")
     ]
     worker = Worker(repo, stack.bus, stack.settings)
