@@ -41,6 +41,7 @@ from trainer.checkpoint import checkpoint_path, latest_checkpoint
 from trainer.config import RunConfig
 from trainer.loop import Session
 from trainer.rollout import Rollout, budget_warning, rollout_stats
+from trainer.sampler import sampling_seed
 from trainer.worker import is_milestone
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class PolicyCopy(Protocol):
 
     env: Any
 
-    def rollout(self, tasks: Sequence, policy_version: int) -> tuple[Batch, list[Rollout]]: ...
+    def rollout(
+        self, tasks: Sequence, policy_version: int, seed: int | None = None
+    ) -> tuple[Batch, list[Rollout]]: ...
     def evaluate(self) -> float: ...
     def load_weights(self, path: Path) -> None: ...
     def close(self) -> None: ...
@@ -249,8 +252,10 @@ class RunDriver:
 
     async def _publish(self, cfg: RunConfig, step: int, tasks) -> None:
         began = time.monotonic()
+        # Tasks and draws are functions of (seed, step): a step sampled again after a
+        # restart, with the same policy version, gets the same responses.
         batch, rollouts = await asyncio.to_thread(
-            self.session.rollout, tasks, policy_version=self.version
+            self.session.rollout, tasks, self.version, sampling_seed(cfg.seed, step)
         )
         batch.id = batch_id_for(self.run_id, step)
         group = cfg.samples_per_prompt
