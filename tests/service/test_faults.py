@@ -416,6 +416,30 @@ def test_two_api_replicas_drive_a_run_once_through_a_flushed_redis(cluster):
         assert (kinds["batch"], kinds["eval"]) == (STEPS, len(MILESTONES))
 
 
+def test_a_replica_frozen_past_its_lease_loses_the_run_and_writes_nothing_after(cluster):
+    second = free_port()
+    replicas = {cluster.port: cluster.spawn_api(), second: cluster.spawn_api(second)}
+    cluster.spawn_worker("w1")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+
+    def holder() -> int:  # the port of the replica that holds the run's lease
+        ((name,),) = cluster.sql("SELECT holder FROM run_leases WHERE run_id = :r", r=run_id)
+        return int(name.rsplit(":", 1)[1])
+
+    frozen = holder()
+    replicas[frozen].signal(signal.SIGSTOP)  # a long pause, past OPSD_CLAIM_IDLE_S
+    cluster.wait_until("the other replica holding the lease", lambda: holder() != frozen, RUN_S)
+    cluster.wait_steps(run_id, cluster.steps_done(run_id) + 1)
+    replicas[frozen].signal(signal.SIGCONT)  # it goes on from where it froze, if it may
+    cluster.wait_completed(run_id)
+    assert_trained_exactly_once(cluster, run_id)
+    with cluster.explained():
+        kinds = Counter(e.kind for e in cluster.repo.events_after(run_id))
+        assert (kinds["batch"], kinds["eval"]) == (STEPS, len(MILESTONES))
+
+
 def test_a_restarted_api_replica_takes_back_its_runs_at_once(cluster):
     # A dead replica's runs wait this long for another replica: longer than the test.
     cluster.env["OPSD_CLAIM_IDLE_S"] = str(10 * RUN_S)
