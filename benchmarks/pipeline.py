@@ -90,7 +90,7 @@ class ScriptedPolicy:
         self.env = make_env(self.cfg.env, self.cfg.env_config)
         self.prepared = scripted_batch(self.cfg.prompts_per_step, self.cfg.samples_per_prompt)
 
-    def rollout(self, tasks, policy_version: int):
+    def rollout(self, tasks, policy_version: int, seed: int | None = None):
         batch, rollouts = self.prepared
         return Batch(batch.samples, batch.group_size, policy_version), rollouts
 

@@ -12,6 +12,9 @@ the run completed once every step is trained and evaluated.
 Runs are picked up from the record (`queued` and `running`), so a restarted API process
 carries on where the previous one stopped: the next step is the one after the last
 published batch, and batches a lost stream held are published again from the record.
+Which replica drives a run is decided by the run's lease in the record
+(service/storage/leases.py), not by Redis: every batch and evaluation is written under
+the lease's fencing token.
 """
 
 from __future__ import annotations
@@ -20,23 +23,24 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import suppress
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.bus import Bus, LockLost, LockNotAcquired
+from service.bus import Bus
 from service.bus.codec import encode_batch
 from service.runtime import TRAINERS, batch_id_for, cancel_and_wait, emit, republish_untrained
 from service.settings import Settings
-from service.storage import Repository, RunStatus
+from service.storage import Lease, LeaseLost, Repository, RunStatus
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_path, latest_checkpoint
 from trainer.config import RunConfig
 from trainer.loop import Session
 from trainer.rollout import Rollout, budget_warning, rollout_stats
+from trainer.sampler import sampling_seed
 from trainer.worker import is_milestone
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,9 @@ class PolicyCopy(Protocol):
 
     env: Any
 
-    def rollout(self, tasks: Sequence, policy_version: int) -> tuple[Batch, list[Rollout]]: ...
+    def rollout(
+        self, tasks: Sequence, policy_version: int, seed: int | None = None
+    ) -> tuple[Batch, list[Rollout]]: ...
     def evaluate(self) -> float: ...
     def load_weights(self, path: Path) -> None: ...
     def close(self) -> None: ...
@@ -118,17 +124,19 @@ class Orchestrator:
                 await asyncio.wait_for(self._wake.wait(), timeout=5 * self.settings.poll_s)
 
     async def _drive(self, run_id: int) -> None:
-        # One driver per run across API replicas: a lease renewed while this one drives,
-        # which expires `claim_idle_s` after its process dies. Elsewhere it is retried at
-        # every look for work.
-        lease = self.bus.lock(f"drive:{run_id}", ttl_s=self.settings.claim_idle_s, wait_s=0)
+        # One driver per run across API replicas: the run's lease in the record, renewed
+        # while this one drives; it expires `claim_idle_s` after its replica dies, and the
+        # same replica (by `replica_id`) takes it back at once when it restarts. Elsewhere
+        # it is retried at every look for work.
+        ttl_s, holder = self.settings.claim_idle_s, self.settings.replica_id
+        lease = await asyncio.to_thread(self.repo.take_lease, run_id, holder, ttl_s)
+        if lease is None:
+            log.debug("run %d is driven by another replica", run_id)
+            return
         try:
-            async with lease:
-                await RunDriver(self, run_id).drive()
-        except LockNotAcquired:
-            log.debug("run %d is driven by another orchestrator", run_id)
-        except LockLost:
-            log.warning("run %d: the drive lease expired while driving it", run_id)
+            await self._holding(lease, RunDriver(self, run_id, lease).drive())
+        except LeaseLost:
+            log.warning("run %d: another replica took over its drive lease", run_id)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - one run fails, the service goes on
@@ -142,13 +150,38 @@ class Orchestrator:
                 message,
             )
             await emit(self.repo, self.bus, run_id, "failed", {"error": message})
+        finally:  # on a stop, a failure or a shutdown: another replica may go on at once
+            with suppress(Exception):
+                await asyncio.to_thread(self.repo.release_lease, lease)
+
+    async def _holding(self, lease: Lease, drive: Coroutine[Any, Any, None]) -> None:
+        """Run `drive`, renewing `lease` every third of its time; once a renewal finds it
+        taken over, stop `drive` and raise LeaseLost. (A write `drive` attempts after the
+        takeover raises LeaseLost by itself: the lease fences it.)"""
+        ttl_s = self.settings.claim_idle_s
+        task = asyncio.create_task(drive, name=f"run {lease.run_id} driver")
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=ttl_s / 3)
+                if done:
+                    return task.result()
+                try:
+                    renewed = await asyncio.to_thread(self.repo.renew_lease, lease, ttl_s)
+                except Exception:  # noqa: BLE001 - the database is away; try again
+                    log.warning("run %d: could not renew its lease", lease.run_id, exc_info=True)
+                    continue
+                if not renewed:
+                    raise LeaseLost(f"run {lease.run_id}: lease taken over")
+        finally:
+            if not task.done():
+                await cancel_and_wait(task)
 
 
 class RunDriver:
     """Drives one run from its current state to completion, a stop or a cancel."""
 
-    def __init__(self, orchestrator: Orchestrator, run_id: int) -> None:
-        self.repo, self.bus = orchestrator.repo, orchestrator.bus
+    def __init__(self, orchestrator: Orchestrator, run_id: int, lease: Lease) -> None:
+        self.repo, self.bus, self.lease = orchestrator.repo, orchestrator.bus, lease
         self.settings, self.open_policy = orchestrator.settings, orchestrator.open_policy
         self.run_id, self.key = run_id, str(run_id)
         self.run_dir = self.settings.run_dir(run_id)
@@ -223,8 +256,10 @@ class RunDriver:
 
     async def _publish(self, cfg: RunConfig, step: int, tasks) -> None:
         began = time.monotonic()
+        # Tasks and draws are functions of (seed, step): a step sampled again after a
+        # restart, with the same policy version, gets the same responses.
         batch, rollouts = await asyncio.to_thread(
-            self.session.rollout, tasks, policy_version=self.version
+            self.session.rollout, tasks, self.version, sampling_seed(cfg.seed, step)
         )
         batch.id = batch_id_for(self.run_id, step)
         group = cfg.samples_per_prompt
@@ -250,6 +285,7 @@ class RunDriver:
             payload,
             rows,
             stats,
+            self.lease,
         )
         await self.bus.publish_batch(self.key, batch.id, payload)
         feedback = [
@@ -278,7 +314,9 @@ class RunDriver:
                 assert is_milestone(step, cfg)
                 await self._load(checkpoint_path(self.run_dir, step), step)
             accuracy = await asyncio.to_thread(self.session.evaluate)
-            await asyncio.to_thread(self.repo.add_evaluation, self.run_id, step, accuracy)
+            await asyncio.to_thread(
+                self.repo.add_evaluation, self.run_id, step, accuracy, self.lease
+            )
             done.add(step)
             await emit(
                 self.repo, self.bus, self.run_id, "eval", {"step": step, "accuracy": accuracy}

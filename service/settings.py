@@ -7,6 +7,7 @@ and passes what each part needs. Nested settings use `__`: `OPSD_SANDBOX__BACKEN
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,7 +66,14 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="a batch pending this long is taken from a silent worker; also how long "
-        "a dead worker's training lock outlives it (a live one renews it)",
+        "a dead worker's training lock, and a dead API replica's lease on the runs it drives, "
+        "outlive it (a live one renews them)",
+    )
+    replica_id: str = Field(
+        "",
+        description="this API replica's name in the runs' drive leases; unique among "
+        "replicas and the same across restarts, so that a restarted replica takes back its "
+        "runs at once; default: <hostname>:<port>",
     )
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period")
     poll_s: float = Field(0.2, gt=0, description="how often loops look for new work")
@@ -136,4 +144,10 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir / 'opsd.db'}"
         if self.env_data_dir is None:
             self.env_data_dir = self.data_dir / "env-data"
+        return self
+
+    @model_validator(mode="after")
+    def default_replica_id(self) -> Settings:
+        if not self.replica_id:
+            self.replica_id = f"{socket.gethostname()}:{self.port}"
         return self

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from envs.base import Score, Task
 from envs.tools.base import Episode, ToolEnvironment
 from envs.tools.calls import CLOSE, cut_after_call
@@ -169,8 +171,10 @@ async def run_episodes(
     sampling: SamplingConfig,
     max_turns: int,
     greedy: bool = False,
+    generator: torch.Generator | None = None,
 ) -> list[tuple[EpisodeState, Score]]:
-    """Play one episode per task (prompt), all turn by turn; returns each state and its Score."""
+    """Play one episode per task (prompt), all turn by turn; returns each state and its Score.
+    `generator`: where every turn's sampling draws from (trainer/sampler.py)."""
     states = [EpisodeState(env.start(t), list(p)) for t, p in zip(tasks, prompt_ids, strict=True)]
     budget = sampling.max_new_tokens
     for turn_index in range(max_turns):
@@ -180,7 +184,11 @@ async def run_episodes(
         rooms = [budget - len(s.response_ids) for s in active]  # each >= 1
         params = sampling.model_copy(update={"max_new_tokens": max(rooms)})
         completions = sampler.sample(
-            [s.prompt_ids + s.response_ids for s in active], 1, params, greedy=greedy
+            [s.prompt_ids + s.response_ids for s in active],
+            1,
+            params,
+            greedy=greedy,
+            generator=generator,
         )
         turns = [
             cut_turn(c[0], room, tokenizer) for c, room in zip(completions, rooms, strict=True)
@@ -227,6 +235,7 @@ def collect_episodes(
     max_turns: int | None = None,
     use_ground_truth: bool = False,
     policy_version: int = 0,
+    generator: torch.Generator | None = None,
 ) -> tuple[Batch, list[Rollout]]:
     """G episodes per task, scored; each group's teacher prompts built from its episodes.
 
@@ -250,6 +259,7 @@ def collect_episodes(
             tokenizer=tokenizer,
             sampling=sampling,
             max_turns=max_turns or env_max_turns(env),
+            generator=generator,
         )
     )
     scored = [

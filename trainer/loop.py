@@ -99,8 +99,13 @@ class Session:
             max_new_tokens=max_new,
         )
 
-    def rollout(self, tasks, policy_version: int):
-        """One step's groups: single-turn responses, or episodes for a multi-turn env."""
+    def rollout(self, tasks, policy_version: int, seed: int | None = None):
+        """One step's groups: single-turn responses, or episodes for a multi-turn env.
+        With `seed` (trainer.sampler.sampling_seed), its draws depend on that seed alone."""
+        generator = None
+        if seed is not None:
+            device = next(self.policy.parameters()).device
+            generator = torch.Generator(device).manual_seed(seed)
         sample = collect_episodes if self.multi_turn else collect
         return sample(
             self.env,
@@ -112,6 +117,7 @@ class Session:
             sampling=self.cfg.sampling,
             use_ground_truth=self.cfg.context.use_ground_truth,
             policy_version=policy_version,
+            generator=generator,
         )
 
     def load_weights(self, path: Path) -> None:

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from envs.base import Environment, Score, Task
 from trainer.batch import Batch, Sample
 from trainer.config import SamplingConfig
@@ -137,10 +139,12 @@ def collect(
     sampling: SamplingConfig,
     use_ground_truth: bool = False,
     policy_version: int = 0,
+    generator: torch.Generator | None = None,
 ) -> tuple[Batch, list[Rollout]]:
-    """Sample G single-turn responses per task, score them, build the teacher prompts."""
+    """Sample G single-turn responses per task, score them, build the teacher prompts.
+    `generator`: where the sampler draws from (trainer/sampler.py)."""
     prompt_ids = [builder.student_prompt_ids(t.prompt) for t in tasks]
-    completions = sampler.sample(prompt_ids, group_size, sampling)
+    completions = sampler.sample(prompt_ids, group_size, sampling, generator=generator)
     flat_tasks = [t for t in tasks for _ in range(group_size)]
     flat = [c for group in completions for c in group]
     texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in flat]

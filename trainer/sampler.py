@@ -5,15 +5,29 @@ log-prob of every sampled token under the policy at the sampling temperature
 (before top-p / top-k truncation, which only restricts what can be drawn). The
 trainer recomputes the same quantity for importance weights and the GRPO ratio, so
 on-policy ratios are exactly 1.
+
+Randomness: given a `generator`, every draw comes from it, so a call is a pure function
+of the weights, the prompts and the generator's seed (`sampling_seed(run seed, step)`
+makes a step sampled again after a restart draw the same responses). Without one,
+draws come from torch's global RNG, which other threads share and a restart resets.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from trainer.config import SamplingConfig
 
@@ -29,10 +43,46 @@ class Completion:
 
 class Sampler(Protocol):
     def sample(
-        self, prompts: Sequence[list[int]], n: int, params: SamplingConfig, *, greedy: bool = False
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingConfig,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
     ) -> list[list[Completion]]:
-        """`n` completions for each prompt, in prompt order."""
+        """`n` completions for each prompt, in prompt order; random draws from `generator`
+        (on the model's device) when given."""
         ...
+
+
+def sampling_seed(seed: int, step: int) -> int:
+    """The seed of step `step`'s sampling in a run seeded `seed`: a function of the two
+    only, not of what was sampled before."""
+    digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class SeededDraw(LogitsProcessor):
+    """Draws each next token with `generator` from the distribution sampling would use
+    (temperature, then top-k, then top-p: the order of transformers' own warpers) and
+    leaves only that token possible, so that `generate`'s draw, which uses the global
+    RNG, has one choice. The warpers `generate` applies afterwards keep that one token."""
+
+    def __init__(self, params: SamplingConfig, generator: torch.Generator) -> None:
+        warpers = []
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k:
+            warpers.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+        self.warp, self.generator = LogitsProcessorList(warpers), generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = self.warp(input_ids, scores).softmax(-1)  # [B, V]
+        drawn = torch.multinomial(probs, 1, generator=self.generator)  # [B, 1]
+        return torch.full_like(scores, -math.inf).scatter_(-1, drawn, 0.0)
 
 
 def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,16 +109,23 @@ class TransformersSampler:
 
     @torch.no_grad()
     def sample(
-        self, prompts: Sequence[list[int]], n: int, params: SamplingConfig, *, greedy: bool = False
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingConfig,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
     ) -> list[list[Completion]]:
         rows = [p for p in prompts for _ in range(n)]
+        draw = None if greedy or generator is None else SeededDraw(params, generator)
         flat: list[Completion] = []
         for start in range(0, len(rows), self.max_batch):
-            flat.extend(self._generate(rows[start : start + self.max_batch], params, greedy))
+            flat.extend(self._generate(rows[start : start + self.max_batch], params, greedy, draw))
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def _generate(
-        self, rows: list[list[int]], params: SamplingConfig, greedy: bool
+        self, rows: list[list[int]], params: SamplingConfig, greedy: bool, draw: SeededDraw | None
     ) -> list[Completion]:
         device = next(self.model.parameters()).device
         ids, mask = left_pad(rows, self.pad_id)
@@ -87,6 +144,7 @@ class TransformersSampler:
                 pad_token_id=self.pad_id,
                 output_logits=True,
                 return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([draw]) if draw is not None else None,
             )
         finally:
             self.model.train(was_training)

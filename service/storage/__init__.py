@@ -6,11 +6,13 @@ repo = Repository(make_sessionmaker(make_engine(settings.database_url)))
 """
 
 from service.storage.db import make_engine, make_sessionmaker
+from service.storage.leases import Lease
 from service.storage.models import RunStatus
 from service.storage.repository import (
     AlreadyExists,
     Conflict,
     InvalidCursor,
+    LeaseLost,
     NotFound,
     Repository,
     StorageError,
@@ -20,6 +22,8 @@ __all__ = [
     "AlreadyExists",
     "Conflict",
     "InvalidCursor",
+    "Lease",
+    "LeaseLost",
     "NotFound",
     "Repository",
     "RunStatus",

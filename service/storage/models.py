@@ -236,3 +236,19 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RunLease(Base):
+    """Which API replica drives a run (service.orchestrator), and until when.
+
+    `token` grows by one with every take and never goes back (a released lease keeps its
+    row): a driver's writes check it in their own transaction (a fencing token), so a
+    driver whose lease was taken over cannot write (service/storage/leases.py).
+    """
+
+    __tablename__ = "run_leases"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))  # Settings.replica_id
+    token: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

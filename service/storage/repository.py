@@ -18,6 +18,8 @@ from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.storage import leases
+from service.storage.leases import Lease
 from service.storage.models import (
     Checkpoint,
     Environment,
@@ -51,6 +53,10 @@ class InvalidCursor(StorageError, ValueError):
 
 class Conflict(StorageError):
     """The request does not fit the current state (stopping a finished run, say)."""
+
+
+class LeaseLost(StorageError):
+    """A write under a run's lease whose holder no longer holds it: nothing was written."""
 
 
 def encode_cursor(last_id: int) -> str:
@@ -342,8 +348,10 @@ class Repository:
         payload: bytes,
         rollouts: Sequence[dict[str, Any]],
         stats: dict[str, Any],
+        lease: Lease | None = None,
     ) -> PendingBatch:
-        """Keep a batch before it is published; AlreadyExists if the step has one."""
+        """Keep a batch before it is published; AlreadyExists if the step has one.
+        With `lease`: LeaseLost, writing nothing, unless it still holds."""
         row = PendingBatch(
             run_id=run_id,
             step=step,
@@ -356,6 +364,7 @@ class Repository:
         )
         try:
             with self.sessions.begin() as s:
+                self._fence(s, lease)
                 s.add(row)
         except IntegrityError as error:
             raise AlreadyExists(f"run {run_id} already has a batch for step {step}") from error
@@ -385,12 +394,40 @@ class Repository:
         with self.sessions() as s:
             return s.scalar(query) or 0
 
-    # evaluations
+    # run leases (which API replica drives a run: service/storage/leases.py)
 
-    def add_evaluation(self, run_id: int, step: int, accuracy: float) -> bool:
-        """Record held-out accuracy after `step` steps; False if that step has one."""
+    def take_lease(self, run_id: int, holder: str, ttl_s: float) -> Lease | None:
+        """The run's lease for `holder` (free, expired or its own), or None: another has it."""
         try:
             with self.sessions.begin() as s:
+                return leases.take(s, run_id, holder, ttl_s)
+        except IntegrityError as error:
+            raise NotFound(f"run {run_id} not found") from error
+
+    def renew_lease(self, lease: Lease, ttl_s: float) -> bool:
+        """Extend `lease` by `ttl_s` from now; False if another holder took it over."""
+        with self.sessions.begin() as s:
+            return leases.renew(s, lease, ttl_s)
+
+    def release_lease(self, lease: Lease) -> None:
+        with self.sessions.begin() as s:
+            leases.release(s, lease)
+
+    @staticmethod
+    def _fence(s: Session, lease: Lease | None) -> None:
+        if lease is not None and not leases.fence(s, lease):
+            raise LeaseLost(f"run {lease.run_id}: {lease.holder} no longer holds its lease")
+
+    # evaluations
+
+    def add_evaluation(
+        self, run_id: int, step: int, accuracy: float, lease: Lease | None = None
+    ) -> bool:
+        """Record held-out accuracy after `step` steps; False if that step has one.
+        With `lease`: LeaseLost, writing nothing, unless it still holds."""
+        try:
+            with self.sessions.begin() as s:
+                self._fence(s, lease)
                 s.add(Evaluation(run_id=run_id, step=step, accuracy=accuracy))
         except IntegrityError:
             return False

@@ -37,7 +37,7 @@ class EpisodePolicy:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.env, self.tokenizer = cfg, Scripted(), build_tokenizer()
 
-    def rollout(self, tasks, policy_version: int):
+    def rollout(self, tasks, policy_version: int, seed: int | None = None):
         def script(context: str, row: int) -> str:
             if "<tool_response>" in context:
                 return "4821" + EOS
@@ -65,7 +65,8 @@ async def test_a_step_of_episodes_records_episode_stats_metrics_and_env_token_sc
     )
     env = repo.create_environment("lookup-test", "scripted_lookup", {})
     run = repo.create_run(env.id, cfg)
-    driver = RunDriver(Orchestrator(repo, make_bus(None), settings), run.id)
+    lease = repo.take_lease(run.id, settings.replica_id, settings.claim_idle_s)
+    driver = RunDriver(Orchestrator(repo, make_bus(None), settings), run.id, lease)
     driver.session = EpisodePolicy(cfg)
 
     await driver._publish(cfg, 1, TASKS[:1])

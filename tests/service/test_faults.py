@@ -128,12 +128,13 @@ class Cluster:
 
     # -- processes -------------------------------------------------------------------
 
-    def spawn(self, name: str, args: list[str], ready: Callable[[], bool]) -> Process:
+    def spawn(self, name: str, args: list[str], ready: Callable[[], bool], **env: str) -> Process:
+        """`env`: settings of this process only (OPSD_PORT of a second API replica)."""
         log = self.tmp_path / f"{name}-{len(self.processes)}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 OPSD + args,
-                env=self.env,
+                env=self.env | env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -143,14 +144,18 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def spawn_api(self) -> Process:
+    def spawn_api(self, port: int | None = None) -> Process:
+        """An API replica on the cluster's port (its clients' address) or on `port`."""
+        port = port or self.port
+
         def answers() -> bool:
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+                url = f"http://127.0.0.1:{port}/healthz"
+                return httpx.get(url, timeout=1.0).status_code == 200
             except httpx.TransportError:
                 return False
 
-        return self.spawn("api", ["serve"], answers)
+        return self.spawn("api", ["serve"], answers, OPSD_PORT=str(port))
 
     def spawn_worker(self, name: str) -> Process:
         def beats() -> bool:
@@ -391,6 +396,64 @@ def test_a_restarted_api_process_resumes_the_run_from_the_record(cluster):
     cluster.spawn_api()  # same port, database and Redis
     cluster.wait_ready()
     cluster.wait_completed(run_id)
+    assert_trained_exactly_once(cluster, run_id)
+
+
+def test_two_api_replicas_drive_a_run_once_through_a_flushed_redis(cluster):
+    cluster.spawn_api()
+    cluster.spawn_api(port=free_port())  # a second replica: same database, Redis and data
+    cluster.spawn_worker("w1")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+    cluster.redis.flushdb()  # whatever Redis held about who drives the run is gone
+    cluster.wait_steps(run_id, 6)
+    cluster.redis.flushdb()
+    cluster.wait_completed(run_id)
+    assert_trained_exactly_once(cluster, run_id)
+    with cluster.explained():  # each step sampled and published by one driver
+        kinds = Counter(e.kind for e in cluster.repo.events_after(run_id))
+        assert (kinds["batch"], kinds["eval"]) == (STEPS, len(MILESTONES))
+
+
+def test_a_replica_frozen_past_its_lease_loses_the_run_and_writes_nothing_after(cluster):
+    second = free_port()
+    replicas = {cluster.port: cluster.spawn_api(), second: cluster.spawn_api(second)}
+    cluster.spawn_worker("w1")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+
+    def holder() -> int:  # the port of the replica that holds the run's lease
+        ((name,),) = cluster.sql("SELECT holder FROM run_leases WHERE run_id = :r", r=run_id)
+        return int(name.rsplit(":", 1)[1])
+
+    frozen = holder()
+    replicas[frozen].signal(signal.SIGSTOP)  # a long pause, past OPSD_CLAIM_IDLE_S
+    cluster.wait_until("the other replica holding the lease", lambda: holder() != frozen, RUN_S)
+    cluster.wait_steps(run_id, cluster.steps_done(run_id) + 1)
+    replicas[frozen].signal(signal.SIGCONT)  # it goes on from where it froze, if it may
+    cluster.wait_completed(run_id)
+    assert_trained_exactly_once(cluster, run_id)
+    with cluster.explained():
+        kinds = Counter(e.kind for e in cluster.repo.events_after(run_id))
+        assert (kinds["batch"], kinds["eval"]) == (STEPS, len(MILESTONES))
+
+
+def test_a_restarted_api_replica_takes_back_its_runs_at_once(cluster):
+    # A dead replica's runs wait this long for another replica: longer than the test.
+    cluster.env["OPSD_CLAIM_IDLE_S"] = str(10 * RUN_S)
+    api = cluster.spawn_api()
+    cluster.spawn_worker("w1")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+    api.kill()
+    assert cluster.steps_done(run_id) < STEPS - 1
+
+    cluster.spawn_api()  # the same replica (host and port) comes back
+    cluster.wait_ready()
+    cluster.wait_completed(run_id)  # within RUN_S: it did not wait for its lease to expire
     assert_trained_exactly_once(cluster, run_id)
 
 

@@ -7,11 +7,12 @@ database and real Redis streams. Every count is checked in the record.
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 
 from service.bus import Bus, make_bus
-from service.bus.codec import encode_batch
+from service.bus.codec import decode_batch, encode_batch
 from service.orchestrator import Orchestrator
 from service.runtime import TRAINERS, batch_id_for
 from service.settings import Settings
@@ -244,7 +245,7 @@ async def test_a_run_just_started_is_not_reported_as_a_lost_stream(stack, caplog
 
 
 async def test_two_orchestrators_drive_a_run_once(stack):
-    """API replicas each run an orchestrator: a run's drive lease lets one sample it."""
+    """API replicas each run an orchestrator: a run's lease in the record lets one sample it."""
     repo = stack.repo
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, config())
@@ -258,7 +259,12 @@ async def test_two_orchestrators_drive_a_run_once(stack):
         return open_policy
 
     orchestrators = [
-        Orchestrator(repo, stack.bus, stack.settings, open_policy=counting(name))
+        Orchestrator(
+            repo,
+            stack.bus,
+            stack.settings.model_copy(update={"replica_id": name}),
+            open_policy=counting(name),
+        )
         for name in ("a", "b")
     ]
     worker = Worker(repo, stack.bus, stack.settings)
@@ -274,3 +280,37 @@ async def test_two_orchestrators_drive_a_run_once(stack):
     assert len(opened) == 1, opened
     assert_trained_exactly_once(repo, run.id, STEPS)
     assert [e.kind for e in repo.events_after(run.id)].count("batch") == STEPS
+
+
+def sampled_tokens(repo: Repository, run_id: int, steps: int) -> list[list[list[int]]]:
+    """Per step, the response token ids of its batch (as kept in the record)."""
+    batches = [repo.get_batch(run_id, batch_id_for(run_id, s)) for s in range(1, steps + 1)]
+    assert [b.policy_version for b in batches] == list(range(steps))  # on-policy: comparable
+    return [[s.response_ids for s in decode_batch(b.payload).samples] for b in batches]
+
+
+async def test_a_run_whose_driver_restarts_samples_what_an_undisturbed_run_samples(stack):
+    """Same seed, same config: the steps sampled after the orchestrator restarted draw
+    the same tokens as in a run nobody disturbed."""
+    repo = stack.repo
+    undisturbed = await run_to_completion(stack, config())
+
+    run_id = repo.create_run(repo.get_environment("arithmetic").id, config()).id
+    worker = Worker(repo, stack.bus, stack.settings)
+    await worker.start()
+    try:
+        first = Orchestrator(repo, stack.bus, stack.settings)
+        await first.start()
+        await until(lambda: repo.last_batch_step(run_id) >= 2)
+        await first.aclose()  # the API process goes away mid-run ...
+        restarted_at = datetime.now(UTC)
+        second = Orchestrator(repo, stack.bus, stack.settings)  # ... and comes back
+        await second.start()
+        try:
+            await until(finished(repo, run_id))
+        finally:
+            await second.aclose()
+    finally:
+        await worker.aclose()
+    assert repo.get_batch(run_id, batch_id_for(run_id, STEPS)).created_at > restarted_at
+    assert sampled_tokens(repo, run_id, STEPS) == sampled_tokens(repo, undisturbed, STEPS)

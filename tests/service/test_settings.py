@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,11 @@ def test_an_unknown_sandbox_backend_is_rejected(monkeypatch):
     monkeypatch.setenv("OPSD_SANDBOX__BACKEND", "chroot")
     with pytest.raises(ValidationError, match="backend"):
         Settings()
+
+
+def test_the_replica_id_defaults_to_host_and_port_and_can_be_named(monkeypatch):
+    monkeypatch.delenv("OPSD_REPLICA_ID", raising=False)
+    monkeypatch.setenv("OPSD_PORT", "8123")
+    assert Settings().replica_id == f"{socket.gethostname()}:8123" == Settings().replica_id
+    monkeypatch.setenv("OPSD_REPLICA_ID", "api-0")
+    assert Settings().replica_id == "api-0"

@@ -77,7 +77,7 @@ class ScriptSampler:
         self.tokenizer, self.script = tokenizer, script
         self.calls: list[dict] = []
 
-    def sample(self, prompts, n, params, *, greedy=False):
+    def sample(self, prompts, n, params, *, greedy=False, generator=None):
         self.calls.append(
             {"prompts": [list(p) for p in prompts], "params": params, "greedy": greedy}
         )

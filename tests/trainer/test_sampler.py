@@ -12,7 +12,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from trainer.config import SamplingConfig
-from trainer.sampler import TransformersSampler, left_pad
+from trainer.sampler import TransformersSampler, left_pad, sampling_seed
 from trainer.tiny import build_tokenizer
 
 MAX_NEW = 6
@@ -184,3 +184,50 @@ def test_logprobs_ignore_top_p_and_top_k_truncation(model, tokenizer, prompts):
         for c in group:
             expected = manual_logprobs(model, prompt, c.token_ids)
             torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def token_ids(groups) -> list[list[list[int]]]:
+    return [[c.token_ids for c in group] for group in groups]
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_with_a_generator_the_samples_depend_on_its_seed_not_on_the_global_rng(
+    model, tokenizer, prompts
+):
+    sampler = TransformersSampler(model, tokenizer)
+    torch.manual_seed(6)
+    first = sampler.sample(prompts, 4, PARAMS, generator=seeded(11))
+    torch.manual_seed(7)  # as after a restart, or another thread drawing in between
+    again = sampler.sample(prompts, 4, PARAMS, generator=seeded(11))
+    torch.manual_seed(6)
+    other = sampler.sample(prompts, 4, PARAMS, generator=seeded(12))
+    assert token_ids(first) == token_ids(again) != token_ids(other)
+    for prompt, group in zip(prompts, first, strict=True):
+        for c in group:
+            expected = manual_logprobs(model, prompt, c.token_ids)
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=0)
+
+
+def test_a_generator_draws_within_top_k_and_top_k_1_is_greedy(model, tokenizer, prompts):
+    sampler = TransformersSampler(model, tokenizer)
+    one = SamplingConfig(temperature=1.5, top_k=1, max_new_tokens=MAX_NEW)
+    greedy = sampler.sample(prompts, 1, PARAMS, greedy=True)
+    assert token_ids(sampler.sample(prompts, 3, one, generator=seeded(1))) == [
+        group * 3 for group in token_ids(greedy)
+    ]
+    three = SamplingConfig(temperature=3.0, top_k=3, max_new_tokens=MAX_NEW)
+    groups = sampler.sample(prompts, 8, three, generator=seeded(2))
+    for prompt, group in zip(prompts, groups, strict=True):
+        for c in group:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + c.token_ids])).logits[0]
+            allowed = logits[len(prompt) - 1 : -1].topk(3, dim=-1).indices  # [T, 3]
+            assert all(t in row for t, row in zip(c.token_ids, allowed.tolist(), strict=True))
+
+
+def test_each_step_of_a_run_has_a_seed_of_its_own():
+    seeds = {sampling_seed(seed, step) for seed in (0, 1) for step in range(1, 100)}
+    assert len(seeds) == 2 * 99 and sampling_seed(0, 5) == sampling_seed(0, 5)

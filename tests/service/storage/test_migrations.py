@@ -19,6 +19,7 @@ TABLES = {
     "events",
     "batches",
     "evaluations",
+    "run_leases",
 }
 
 
