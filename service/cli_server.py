@@ -125,6 +125,10 @@ def worker(
     from service.worker import Worker
 
     configure_logging("info")
+    if settings.torch_threads:
+        from service.pipeline_process import limit_torch_threads
+
+        limit_torch_threads(settings.torch_threads)
     engine = make_engine(settings.database_url)
     bus = make_bus(settings.redis_url, settings.bus_prefix)
     repo = Repository(make_sessionmaker(engine))

@@ -291,6 +291,14 @@ class MirroredBus:
         await self._mirrored("delete_run", run_id)
 
 
+def limit_torch_threads(threads: int) -> None:
+    """Sampling and training use at most `threads` cores (torch's intra-op pool)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    log.info("torch uses %d CPU threads", threads)
+
+
 def child_main(settings: Settings, wake: Connection, report: Connection, log_level: int) -> None:
     """The pipeline process's entry point."""
     logging.basicConfig(
@@ -301,6 +309,7 @@ def child_main(settings: Settings, wake: Connection, report: Connection, log_lev
         from service.cli_common import quiet_libraries
 
         quiet_libraries()
+        limit_torch_threads(settings.torch_threads or max(1, (os.cpu_count() or 1) - 1))
         asyncio.run(_pipeline(settings, wake, report))
 
 

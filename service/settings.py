@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         "that request handling and the pipeline do not share one interpreter; False keeps "
         "them in the API process",
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads torch may use in the pipeline process and the worker; default: "
+        "all cores but one in the pipeline process (the API keeps one to answer requests), "
+        "torch's own default in a worker of its own",
+    )
     bus_prefix: str = Field("opsd", description="key prefix of everything on the bus")
     checkpoint_keep: int = Field(
         2, ge=1, description="latest per-step checkpoints kept besides the evaluated ones"

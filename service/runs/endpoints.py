@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from service.api.deps import BusDep, RepoDep, Services, ServicesDep, SettingsDep
@@ -115,9 +116,23 @@ async def cancel_run(run_id: RunId, services: ServicesDep) -> Run:
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsSeries, responses=READ_ERRORS)
-def run_metrics(run_id: RunId, repo: RepoDep) -> MetricsSeries:
+def run_metrics(
+    run_id: RunId,
+    repo: RepoDep,
+    points: Annotated[
+        int,
+        Query(
+            ge=2,
+            le=100_000,
+            description="at most this many points per metric: a longer series is thinned "
+            "evenly, keeping its first and last step",
+        ),
+    ] = 1000,
+) -> Response:
     """Per-step training metrics and held-out accuracy (`eval_accuracy`)."""
-    return service.metrics(repo, run_id)
+    # Serialised directly: the series are plain numbers the repository already checked,
+    # and validating every point again costs more than the query (a dashboard polls this).
+    return JSONResponse({"series": service.metrics(repo, run_id, points)})
 
 
 @router.get(

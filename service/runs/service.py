@@ -165,9 +165,18 @@ def to_summary(
 # --- what a run produced ---
 
 
-def metrics(repo: Repository, run_id: int) -> schemas.MetricsSeries:
+def metrics(repo: Repository, run_id: int, points: int) -> dict[str, list[tuple[int, float]]]:
+    """`{metric: [(step, value), ...]}`, each series thinned to at most `points`."""
     repo.get_run(run_id)
-    return schemas.MetricsSeries(series=repo.metrics_series(run_id))
+    return {name: thin(series, points) for name, series in repo.metrics_series(run_id).items()}
+
+
+def thin(series: list, points: int) -> list:
+    """At most `points` items, evenly spaced, the first and the last always among them."""
+    if len(series) <= points:
+        return series
+    last = len(series) - 1
+    return [series[round(i * last / (points - 1))] for i in range(points)]
 
 
 def list_trajectories(

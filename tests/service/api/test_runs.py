@@ -210,6 +210,17 @@ def test_metrics_are_series_of_step_value_pairs(client, repo):
     assert series["eval_accuracy"] == [[2, 0.75]]
 
 
+def test_long_metric_series_are_thinned_to_the_points_asked_for(client, repo):
+    run = make_run(repo)
+    for step in range(1, 12):
+        record_step(repo, run.id, step, ["ok"])
+    series = client.get(f"/v1/runs/{run.id}/metrics", params={"points": 4}).json()["series"]
+    assert [step for step, _ in series["reward_mean"]] == [1, 4, 8, 11]
+    full = client.get(f"/v1/runs/{run.id}/metrics").json()["series"]
+    assert [step for step, _ in full["reward_mean"]] == list(range(1, 12))
+    assert client.get(f"/v1/runs/{run.id}/metrics", params={"points": 1}).status_code == 422
+
+
 def test_trajectories_filter_and_page_and_one_shows_its_token_scores(client, repo):
     run = make_run(repo)
     other = make_run(repo)
