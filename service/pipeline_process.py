@@ -298,7 +298,7 @@ def child_main(settings: Settings, wake: Connection, report: Connection, log_lev
         format="%(asctime)s %(levelname)s %(name)s [pipeline %(process)d]: %(message)s",
     )
     with suppress(KeyboardInterrupt):  # a Ctrl-C before the loop's own handler is set
-        from service.cli_common import quiet_libraries
+        from service.cli.common import quiet_libraries
 
         quiet_libraries()
         asyncio.run(_pipeline(settings, wake, report))
