@@ -179,9 +179,10 @@ def tiny_build(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Build and pretrain a tiny model (a few minutes on a CPU)."""
+    from tiny.build import build_tiny_model
+    from tiny.pretrain import PretrainConfig
+    from tiny.tools import ToolPretrainConfig
     from trainer.model import TINY_MODEL_DIR, TINY_TOOLS_MODEL_DIR
-    from trainer.tiny import PretrainConfig, build_tiny_model
-    from trainer.tiny_tools import ToolPretrainConfig
 
     quiet_libraries()
     if task is TinyTask.tools:
