@@ -441,6 +441,19 @@ class Repository:
                 (step, accuracy) for step, accuracy in s.execute(query.order_by(Evaluation.step))
             ]
 
+    def evaluations_of(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
+        """`{run_id: [(step, accuracy), ...]}` for many runs in one query, in step order."""
+        query = (
+            select(Evaluation.run_id, Evaluation.step, Evaluation.accuracy)
+            .where(Evaluation.run_id.in_(run_ids))
+            .order_by(Evaluation.run_id, Evaluation.step)
+        )
+        found: dict[int, list[tuple[int, float]]] = {}
+        with self.sessions() as s:
+            for run_id, step, accuracy in s.execute(query):
+                found.setdefault(run_id, []).append((step, accuracy))
+        return found
+
     def list_steps(self, run_id: int) -> list[Step]:
         with self.sessions() as s:
             return list(s.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.step)))

@@ -115,3 +115,14 @@ def test_events_after_returns_only_newer_events_of_that_run_in_order(repo, env, 
     assert first.id < second.id < third.id
     assert repo.events_after(run.id, third.id) == []
     assert len(repo.events_after(None)) == 5
+
+
+def test_evaluations_of_many_runs_come_back_per_run_in_step_order(repo, env, run_config):
+    a, b, quiet = (repo.create_run(env.id, run_config).id for _ in range(3))
+    for run_id, step, accuracy in [(b, 4, 0.5), (a, 2, 0.25), (b, 0, 0.125), (a, 0, 0.0)]:
+        repo.add_evaluation(run_id, step, accuracy)
+    assert repo.evaluations_of([a, b, quiet]) == {
+        a: [(0, 0.0), (2, 0.25)],
+        b: [(0, 0.125), (4, 0.5)],
+    }
+    assert repo.evaluations_of([]) == {}
