@@ -13,8 +13,9 @@ Two one-way pipes join them:
   work now, not at the next poll of the record) and `stop`. End of file means the API
   process died: the pipeline stops too, so a `kill -9` of the API leaves no orphan.
 - pipeline -> API: `ready` once it drives runs, and in embedded mode what the API's own
-  in-process bus must still see: worker heartbeats (/readyz, /metrics), events and the
-  live feedback (/v1/runs/{id}/feedback).
+  in-process bus must still see: worker heartbeats (/readyz, /metrics), events (which
+  tell the SSE streams there to read the record) and the live feedback
+  (/v1/runs/{id}/feedback).
 A pipeline process that exits is logged and restarted with a backoff; /readyz is not
 ready until it is back.
 
