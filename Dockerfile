@@ -36,6 +36,7 @@ COPY service ./service
 COPY envs ./envs
 COPY trainer ./trainer
 COPY sandbox ./sandbox
+COPY tiny ./tiny
 RUN pip install --no-deps . && rm -rf build
 
 # A non-root user; /data (checkpoints, the Hugging Face cache) is the shared volume's

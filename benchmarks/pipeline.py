@@ -156,9 +156,10 @@ async def through_service(settings: Settings, cfg: RunConfig) -> float:
             if status == RunStatus.completed:
                 break
     seconds = time.perf_counter() - began
-    assert (
-        repo.trajectory_count(run.id) == cfg.steps * cfg.prompts_per_step * cfg.samples_per_prompt
-    )
+    with engine.connect() as conn:
+        count = text("SELECT count(*) FROM trajectories WHERE run_id = :run")
+        recorded = conn.scalar(count, {"run": run.id})
+    assert recorded == cfg.steps * cfg.prompts_per_step * cfg.samples_per_prompt
     await orchestrator.aclose()
     await worker.aclose()
     await bus.aclose()

@@ -105,7 +105,17 @@ def time_teacher_pass(learner, batches) -> tuple[float, float, float]:
         cached.append(time.perf_counter() - began)
         seqs = build_sequences(prompts, responses, learner.pad_id)
         began = time.perf_counter()
-        learner.teacher.logits(seqs.input_ids, seqs.attention_mask, seqs.position_ids)
+        learner.teacher.score(
+            lambda m, s=seqs: (
+                (
+                    m(
+                        input_ids=s.input_ids,
+                        attention_mask=s.attention_mask,
+                        position_ids=s.position_ids,
+                    )
+                ).logits
+            )
+        )
         full_rows.append(time.perf_counter() - began)
     return statistics.median(shared), statistics.median(cached), statistics.median(full_rows)
 

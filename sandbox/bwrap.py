@@ -23,7 +23,14 @@ import subprocess
 
 from sandbox.base import Limits, MiB, SandboxSettings
 from sandbox.cgroup import JobCgroup, MemoryCgroups
-from sandbox.pool import CLEAN_ENV, WARM_SOURCE, WarmSandbox, Worker, default_python, spawn_process
+from sandbox.pool import (
+    CLEAN_ENV,
+    WARM_SOURCE,
+    SandboxWorker,
+    WarmSandbox,
+    default_python,
+    spawn_process,
+)
 from sandbox.seccomp import deny_list_filter
 
 logger = logging.getLogger(__name__)
@@ -102,13 +109,13 @@ class BwrapSandbox(WarmSandbox):
         super().__init__(settings)
         self._cgroups = MemoryCgroups(self.label)
 
-    def _fits(self, worker: Worker, limits: Limits) -> bool:
+    def _fits(self, worker: SandboxWorker, limits: Limits) -> bool:
         made_for = worker.limits
         if made_for is None or made_for.tmp_bytes != limits.tmp_bytes:
             return False
         return worker.memory is None or made_for.memory_bytes == limits.memory_bytes
 
-    async def _spawn(self, slot: int, limits: Limits) -> Worker:
+    async def _spawn(self, slot: int, limits: Limits) -> SandboxWorker:
         program, read_fd = deny_list_filter(), None
         if program is None:
             logger.warning("bwrap sandbox: no seccomp filter for this machine's architecture")
@@ -144,7 +151,7 @@ class BwrapSandbox(WarmSandbox):
         return worker
 
 
-def _attach(worker: Worker, group: JobCgroup) -> None:
+def _attach(worker: SandboxWorker, group: JobCgroup) -> None:
     """Count the OOM kills of `group` as the worker's; remove it when the worker stops."""
     stop = worker.stop
 

@@ -21,7 +21,7 @@ import docker
 import docker.errors
 
 from sandbox.base import Limits, MiB, SandboxSettings
-from sandbox.pool import CLEAN_ENV, WARM_SOURCE, WarmSandbox, Worker
+from sandbox.pool import CLEAN_ENV, WARM_SOURCE, SandboxWorker, WarmSandbox
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class DockerSandbox(WarmSandbox):
         super().__init__(settings)
         self._docker: docker.DockerClient | None = None
 
-    def _fits(self, worker: Worker, limits: Limits) -> bool:
+    def _fits(self, worker: SandboxWorker, limits: Limits) -> bool:
         return worker.limits is not None and _cgroup(worker.limits) == _cgroup(limits)
 
     def _create(self, client: docker.DockerClient, slot: int, limits: Limits):
@@ -125,7 +125,7 @@ class DockerSandbox(WarmSandbox):
             raise
         return container, getattr(sock, "_sock", sock)
 
-    async def _spawn(self, slot: int, limits: Limits) -> Worker:
+    async def _spawn(self, slot: int, limits: Limits) -> SandboxWorker:
         if self._docker is None:
             self._docker = _client(self.settings)
         try:
@@ -142,7 +142,7 @@ class DockerSandbox(WarmSandbox):
                 await asyncio.to_thread(container.remove, force=True)
             return "\n".join(demux.errors)
 
-        return Worker(demux, writer, stop, limits=limits)
+        return SandboxWorker(demux, writer, stop, limits=limits)
 
     async def close(self) -> None:
         await super().close()

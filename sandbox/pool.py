@@ -63,8 +63,9 @@ class OomCounter(Protocol):
     def oom_kills(self) -> int: ...
 
 
-class Worker:
-    """A started warm worker: its stdout as `reader`, stdin as `writer`, and `stop`;
+class SandboxWorker:
+    """One started warm worker of a sandbox backend (a Python process in a jail, a container
+    or on the host, running sandbox/warm.py): its stdout as `reader`, stdin as `writer`, and `stop`;
     `memory`, where the host holds its jobs' memory cgroup, counts their OOM kills."""
 
     def __init__(
@@ -150,7 +151,7 @@ class WarmSandbox:
 
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
-        self._idle: asyncio.Queue[tuple[int, Worker | None]] = asyncio.Queue()
+        self._idle: asyncio.Queue[tuple[int, SandboxWorker | None]] = asyncio.Queue()
         for slot in range(settings.workers):
             self._idle.put_nowait((slot, None))
         self._closed = False
@@ -159,14 +160,14 @@ class WarmSandbox:
     def label(self) -> str:
         return f"{self.name} sandbox" + (" (UNSAFE: no isolation)" if self.unsafe else "")
 
-    async def _spawn(self, slot: int, limits: Limits) -> Worker:
+    async def _spawn(self, slot: int, limits: Limits) -> SandboxWorker:
         raise NotImplementedError
 
-    def _fits(self, worker: Worker, limits: Limits) -> bool:
+    def _fits(self, worker: SandboxWorker, limits: Limits) -> bool:
         """Whether `worker` can run a job with these limits (else it is replaced)."""
         return True
 
-    async def _start_worker(self, slot: int, limits: Limits) -> Worker:
+    async def _start_worker(self, slot: int, limits: Limits) -> SandboxWorker:
         try:
             worker = await self._spawn(slot, limits)
         except (OSError, SandboxError) as e:
@@ -183,7 +184,7 @@ class WarmSandbox:
         """Start every worker now rather than on first use."""
         slots = [self._idle.get_nowait() for _ in range(self._idle.qsize())]
 
-        async def ready(slot: int, worker: Worker | None) -> tuple[int, Worker]:
+        async def ready(slot: int, worker: SandboxWorker | None) -> tuple[int, SandboxWorker]:
             try:
                 return slot, worker or await self._start_worker(slot, self.settings.limits)
             except BaseException:
@@ -242,7 +243,7 @@ class WarmSandbox:
                 worker = None
             self._idle.put_nowait((slot, worker))
 
-    async def _settled(self, slot: int, worker: Worker) -> bool:
+    async def _settled(self, slot: int, worker: SandboxWorker) -> bool:
         """Whether `worker` cleaned up after its last job; else it is stopped."""
         try:
             await asyncio.wait_for(worker.settle(), self.settings.start_timeout_seconds)
@@ -318,7 +319,7 @@ def descendants(root: int) -> list[int]:
 
 async def spawn_process(
     argv: list[str], label: str, env: dict[str, str], limits: Limits | None = None, **popen: Any
-) -> Worker:
+) -> SandboxWorker:
     """A worker that is a local process (bwrap, or a bare interpreter)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -357,4 +358,4 @@ async def spawn_process(
         return "\n".join(errors)
 
     assert proc.stdin is not None and proc.stdout is not None
-    return Worker(proc.stdout, proc.stdin, stop, limits)
+    return SandboxWorker(proc.stdout, proc.stdin, stop, limits)

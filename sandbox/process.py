@@ -14,7 +14,14 @@ import shutil
 import tempfile
 
 from sandbox.base import ExecutionRecord, Limits, Program
-from sandbox.pool import CLEAN_ENV, WARM_SOURCE, WarmSandbox, Worker, default_python, spawn_process
+from sandbox.pool import (
+    CLEAN_ENV,
+    WARM_SOURCE,
+    SandboxWorker,
+    WarmSandbox,
+    default_python,
+    spawn_process,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +30,7 @@ class ProcessSandbox(WarmSandbox):
     name = "process"
     unsafe = True
 
-    async def _spawn(self, slot: int, limits: Limits) -> Worker:
+    async def _spawn(self, slot: int, limits: Limits) -> SandboxWorker:
         logger.warning(
             "%s: starting worker %d; jobs run as this user, unconfined", self.label, slot
         )

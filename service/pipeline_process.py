@@ -13,8 +13,9 @@ Two one-way pipes join them:
   work now, not at the next poll of the record) and `stop`. End of file means the API
   process died: the pipeline stops too, so a `kill -9` of the API leaves no orphan.
 - pipeline -> API: `ready` once it drives runs, and in embedded mode what the API's own
-  in-process bus must still see: worker heartbeats (/readyz, /metrics), events and the
-  live feedback (/v1/runs/{id}/feedback).
+  in-process bus must still see: worker heartbeats (/readyz, /metrics), events (which
+  tell the SSE streams there to read the record) and the live feedback
+  (/v1/runs/{id}/feedback).
 A pipeline process that exits is logged and restarted with a backoff; /readyz is not
 ready until it is back.
 
@@ -306,7 +307,7 @@ def child_main(settings: Settings, wake: Connection, report: Connection, log_lev
         format="%(asctime)s %(levelname)s %(name)s [pipeline %(process)d]: %(message)s",
     )
     with suppress(KeyboardInterrupt):  # a Ctrl-C before the loop's own handler is set
-        from service.cli_common import quiet_libraries
+        from service.cli.common import quiet_libraries
 
         quiet_libraries()
         limit_torch_threads(settings.torch_threads or max(1, (os.cpu_count() or 1) - 1))

@@ -1,7 +1,7 @@
 """What the orchestrator and the trainer worker share: names, events, replay.
 
 Events go to the record first (their ids are the SSE `Last-Event-ID`) and then on
-the bus for live listeners. Replay is what makes Redis not the record: the batches
+the bus, which tells the SSE streams following the run to read the record now. Replay is what makes Redis not the record: the batches
 a lost stream held are published again from Postgres.
 """
 
@@ -38,7 +38,7 @@ async def emit(repo: Repository, bus: Bus, run_id: int, kind: str, payload: dict
     }
     try:
         await bus.publish_event(str(run_id), document)
-    except Exception:  # noqa: BLE001 - the record has it; live listeners poll it too
+    except Exception:  # noqa: BLE001 - the record has it; SSE streams also poll it
         log.warning("could not publish event %s of run %d", kind, run_id, exc_info=True)
 
 

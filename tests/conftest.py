@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainer.tiny import PretrainConfig, build_tiny_model
+from tiny.build import build_tiny_model
+from tiny.pretrain import PretrainConfig
 
 
 @pytest.fixture(autouse=True, scope="session")

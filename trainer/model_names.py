@@ -24,8 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger(__name__)
 
-TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
-TINY_TOOLS_MODEL_DIR = Path(__file__).parent / "tiny_tools_model"
+# The shipped tiny models: the data folder of the sibling `tiny` package (its builders are
+# not imported: the trainer does not depend on them).
+TINY_MODELS_DIR = Path(__file__).parents[1] / "tiny" / "models"
+TINY_MODEL_DIR = TINY_MODELS_DIR / "tiny"
+TINY_TOOLS_MODEL_DIR = TINY_MODELS_DIR / "tiny-tools"
 ALIASES = {"tiny": TINY_MODEL_DIR, "tiny-tools": TINY_TOOLS_MODEL_DIR}
 HUB_CHECK_TIMEOUT_S = 3.0
 HUB_CHECK_TTL_S = 60.0  # how long one reachability answer is trusted

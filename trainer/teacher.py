@@ -112,19 +112,6 @@ class Teacher:
                 ema_param.requires_grad_(False)
 
     @torch.no_grad()
-    def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Teacher logits `[B, L, V]` for `input_ids` `[B, L]` (for `trust_region`: log-probs)."""
-        return self.score(
-            lambda model: (
-                model(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-                ).logits
-            )
-        )
-
-    @torch.no_grad()
     def score(self, forward: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
         """Run `forward(model) -> logits` under the teacher weights.
 

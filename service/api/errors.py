@@ -3,7 +3,9 @@
 Every error response is `{"error": {"code", "message", "details"}}`: 4xx for the
 caller's mistakes (never a 500 for bad input), 500 `internal_error` with a generic
 message for bugs (the exception is logged, not shown). Route modules only raise typed
-exceptions; `install_error_handlers` maps them.
+exceptions, defined in their domains (the record's in service.storage, the environments'
+and runs' in their packages' `errors` modules, the environment registry's in envs); this
+module only maps them, and `install_error_handlers` installs the mapping.
 
 An error never echoes the request: validation errors say where (`loc`) and what
 (`msg`, `type`) for the first MAX_ERRORS problems, without pydantic's `input`, and
@@ -26,6 +28,8 @@ from starlette.exceptions import HTTPException
 
 from envs.base import EnvDataError
 from envs.registry import InvalidEnvConfig, UnknownEnvironment
+from service.environments.errors import ModelUnavailable
+from service.runs.errors import InvalidRunConfig
 from service.storage import AlreadyExists, Conflict, InvalidCursor, NotFound
 
 log = logging.getLogger(__name__)
@@ -45,14 +49,6 @@ class ErrorBody(BaseModel):
     """The body of every error response."""
 
     error: ErrorDetail
-
-
-class InvalidRunConfig(ValueError):
-    """The run configuration does not validate; raised `from` the pydantic ValidationError."""
-
-
-class ModelUnavailable(ValueError):
-    """The requested model cannot be used (no such local directory, not loadable)."""
 
 
 class BodyTooLarge(HTTPException):

@@ -14,7 +14,7 @@ What it carries, per run:
 And, across runs: worker heartbeats and named locks.
 
 Lost streams. Redis is not the record: it may be flushed or restarted without
-persistence. A group operation (`read_batches`, `claim_stale`, `pending_count`) that
+persistence. A group operation (`read_batches`, `claim_stale`) that
 finds its consumer group gone recreates the group at the start of whatever stream
 exists now and raises `StreamLost`. Whoever catches it must have the unacknowledged
 batches re-published from Postgres (the orchestrator does this); re-publishing a batch
@@ -110,14 +110,6 @@ class Bus(Protocol):
         self, run_id: str, group: str, consumer: str, min_idle_ms: int, count: int = 1
     ) -> list[Delivery]:
         """Take over pending batches idle >= `min_idle_ms` (a dead worker's). Raises `StreamLost`."""
-        ...
-
-    async def pending_count(self, run_id: str, group: str) -> int:
-        """Delivered but unacknowledged batches of `group`. Raises `StreamLost`."""
-        ...
-
-    async def stream_length(self, run_id: str) -> int:
-        """Entries in the run's batch stream (0 if there is none)."""
         ...
 
     async def delete_run(self, run_id: str) -> None:

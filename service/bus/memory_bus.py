@@ -178,16 +178,6 @@ class MemoryBus:
                 )
             return deliveries
 
-    async def pending_count(self, run_id: str, group: str) -> int:
-        with self._mutex:
-            _, state = self._group(run_id, group)
-            return len(state.pending)
-
-    async def stream_length(self, run_id: str) -> int:
-        with self._mutex:
-            stream = self._streams.get(run_id)
-            return len(stream.entries) if stream else 0
-
     async def delete_run(self, run_id: str) -> None:
         with self._mutex:
             self._streams.pop(run_id, None)

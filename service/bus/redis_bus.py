@@ -139,19 +139,6 @@ class RedisBus:
             for (message_id, fields), info in zip(claimed, pending, strict=True)
         ]
 
-    async def pending_count(self, run_id: str, group: str) -> int:
-        key = self._run_key(run_id, "batches")
-        try:
-            summary = await self._redis.xpending(key, group)
-        except ResponseError as e:
-            if _is_lost(e):
-                raise await self._lost(run_id, group, e) from e
-            raise
-        return int(summary["pending"])
-
-    async def stream_length(self, run_id: str) -> int:
-        return int(await self._redis.xlen(self._run_key(run_id, "batches")))
-
     async def delete_run(self, run_id: str) -> None:
         await self._redis.delete(
             self._run_key(run_id, "batches"), self._run_key(run_id, "feedback")

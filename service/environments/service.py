@@ -26,7 +26,7 @@ from envs.registry import (
     make_env,
     validate_config,
 )
-from service.api.errors import ModelUnavailable
+from service.environments.errors import ModelUnavailable
 from service.environments.schemas import Environment, EnvironmentCreate, TryRequest
 from service.settings import Settings
 from service.storage import AlreadyExists, NotFound, Repository

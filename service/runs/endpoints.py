@@ -195,6 +195,7 @@ async def recent_feedback(
 async def run_events(
     run_id: RunId,
     repo: RepoDep,
+    bus: BusDep,
     settings: SettingsDep,
     after: Annotated[int, Query(ge=0, le=MAX_INT64, description="replay events after this id")] = 0,
     last_event_id: Annotated[
@@ -205,4 +206,4 @@ async def run_events(
     """The run's events: those recorded so far, then new ones until the run ends."""
     await to_thread.run_sync(repo.get_run, run_id)  # 404 before the stream starts
     start = last_event_id if last_event_id is not None else after
-    return EventSourceResponse(follow_run(repo, run_id, start, settings.poll_s))
+    return EventSourceResponse(follow_run(repo, run_id, start, settings.poll_s, bus))

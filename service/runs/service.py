@@ -8,15 +8,13 @@ as one `RunConfig` (one configuration model, no drifting copy: docs/contributing
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
-from service.api.errors import InvalidRunConfig
 from service.environments.service import all_finite, check_model, register_kind, resolve_for_run
 from service.runs import schemas
+from service.runs.errors import InvalidRunConfig
 from service.runs.schemas import MAX_INT64
 from service.settings import Settings
 from service.storage import InvalidCursor, NotFound, Repository, RunStatus
@@ -88,7 +86,7 @@ def list_runs(
 ) -> schemas.RunList:
     rows, next_cursor = repo.list_runs(limit, check_cursor(cursor), status)
     names = {env.id: env.name for env in repo.list_environments()}
-    evaluations = evaluations_of(repo, [row.id for row in rows])
+    evaluations = repo.evaluations_of([row.id for row in rows])
     items = [
         to_summary(r, names.get(r.environment_id, ""), evaluations.get(r.id, [])) for r in rows
     ]
@@ -107,20 +105,6 @@ def check_cursor(cursor: str | None) -> str | None:
     if cursor is not None and not 0 <= decode_cursor(cursor) <= MAX_INT64:
         raise InvalidCursor(f"invalid cursor {cursor!r}")
     return cursor
-
-
-def evaluations_of(repo: Repository, run_ids: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
-    """`{run_id: [(step, accuracy), ...]}` for many runs in one query."""
-    query = (
-        select(orm.Evaluation.run_id, orm.Evaluation.step, orm.Evaluation.accuracy)
-        .where(orm.Evaluation.run_id.in_(run_ids))
-        .order_by(orm.Evaluation.run_id, orm.Evaluation.step)
-    )
-    found: dict[int, list[tuple[int, float]]] = {}
-    with repo.sessions() as s:
-        for run_id, step, accuracy in s.execute(query):
-            found.setdefault(run_id, []).append((step, accuracy))
-    return found
 
 
 def to_schema(row: orm.Run, environment: str, evaluations: list[tuple[int, float]]) -> schemas.Run:

@@ -196,16 +196,6 @@ class Repository:
             run.error = error
         return run
 
-    def set_status(self, run_id: int, status: RunStatus, error: str | None = None) -> Run:
-        """Move a run to `status`; `error` is kept for failed runs (and cleared otherwise)."""
-        with self.sessions.begin() as s:
-            run = s.get(Run, run_id, with_for_update=True)
-            if run is None:
-                raise NotFound(f"run {run_id} not found")
-            run.status = status
-            run.error = error
-        return run
-
     # steps, trajectories, token scores
 
     def record_step(
@@ -441,9 +431,18 @@ class Repository:
                 (step, accuracy) for step, accuracy in s.execute(query.order_by(Evaluation.step))
             ]
 
-    def list_steps(self, run_id: int) -> list[Step]:
+    def evaluations_of(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, float]]]:
+        """`{run_id: [(step, accuracy), ...]}` for many runs in one query, in step order."""
+        query = (
+            select(Evaluation.run_id, Evaluation.step, Evaluation.accuracy)
+            .where(Evaluation.run_id.in_(run_ids))
+            .order_by(Evaluation.run_id, Evaluation.step)
+        )
+        found: dict[int, list[tuple[int, float]]] = {}
         with self.sessions() as s:
-            return list(s.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.step)))
+            for run_id, step, accuracy in s.execute(query):
+                found.setdefault(run_id, []).append((step, accuracy))
+        return found
 
     def metrics_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
         """`{metric: [(step, value), ...]}` in step order; null (non-finite) values left out."""
@@ -462,10 +461,6 @@ class Repository:
     def steps_done(self, run_id: int) -> int:
         with self.sessions() as s:
             return s.scalar(select(func.count()).where(Step.run_id == run_id)) or 0
-
-    def trajectory_count(self, run_id: int) -> int:
-        with self.sessions() as s:
-            return s.scalar(select(func.count()).where(Trajectory.run_id == run_id)) or 0
 
     # checkpoints
 

@@ -32,6 +32,7 @@ from service.storage import models as orm
 from service.storage.migrate import upgrade
 
 from .conftest import REDIS_URL, delete_prefix
+from .records import set_status
 
 runner = CliRunner()
 TOKEN = "s3cret-token"
@@ -258,7 +259,7 @@ def test_runs_watch_follows_the_events_and_exits_by_how_the_run_ended(server, en
     the run ends while the command follows it."""
     run_id = create_run(server)
     repo = server.repo()
-    repo.set_status(run_id, RunStatus.running)
+    set_status(repo, run_id, RunStatus.running)
     repo.add_event(run_id, "started", {})
     for step in (1, 2, 3):
         repo.add_event(run_id, "step", {"step": step, "metrics": {"reward_mean": 0.25 * step}})
@@ -266,7 +267,7 @@ def test_runs_watch_follows_the_events_and_exits_by_how_the_run_ended(server, en
 
     def end_run() -> None:
         time.sleep(1.0)
-        repo.set_status(run_id, RunStatus(ending), error="boom" if ending == "failed" else None)
+        set_status(repo, run_id, RunStatus(ending), error="boom" if ending == "failed" else None)
         repo.add_event(run_id, ending, {})
 
     ender = threading.Thread(target=end_run)
@@ -303,12 +304,12 @@ def test_runs_watch_after_a_stop_and_a_resume_follows_the_run_until_it_completes
     server: Server = request.getfixturevalue(where)
     run_id = create_run(server)
     repo = server.repo()
-    repo.set_status(run_id, RunStatus.running)
+    set_status(repo, run_id, RunStatus.running)
     repo.add_event(run_id, "started", {})
     repo.add_event(run_id, "step", {"step": 1, "metrics": {"reward_mean": 0.25}})
     assert opsd("runs", "stop", str(run_id), url=server.url).exit_code == 0
     assert opsd("runs", "resume", str(run_id), url=server.url).exit_code == 0
-    repo.set_status(run_id, RunStatus.running)
+    set_status(repo, run_id, RunStatus.running)
     repo.add_event(run_id, "started", {})
 
     def train_on() -> None:
@@ -317,7 +318,7 @@ def test_runs_watch_after_a_stop_and_a_resume_follows_the_run_until_it_completes
             repo.add_event(run_id, "step", {"step": step, "metrics": {"reward_mean": 0.25 * step}})
         with repo.sessions.begin() as s:
             s.get(orm.Run, run_id).steps_done = 3
-        repo.set_status(run_id, RunStatus.completed)
+        set_status(repo, run_id, RunStatus.completed)
         repo.add_event(run_id, "completed", {})
 
     trainer = threading.Thread(target=train_on)
@@ -345,7 +346,7 @@ def test_runs_watch_into_a_pipe_prints_a_line_per_evaluation_while_the_run_goes_
     """Not a terminal (a pipe, a log file, CI): plain lines as the run moves, no bar."""
     run_id = create_run(server)
     repo = server.repo()
-    repo.set_status(run_id, RunStatus.running)
+    set_status(repo, run_id, RunStatus.running)
     repo.add_event(run_id, "started", {})
     watcher = subprocess.Popen(
         [OPSD, "runs", "watch", str(run_id), "--url", server.url],
@@ -360,7 +361,7 @@ def test_runs_watch_into_a_pipe_prints_a_line_per_evaluation_while_the_run_goes_
         repo.add_event(run_id, "eval", {"step": 1, "accuracy": 0.25})
         evaluated = lines.get(timeout=60)  # arrives while the run still goes on
 
-        repo.set_status(run_id, RunStatus.cancelled)
+        set_status(repo, run_id, RunStatus.cancelled)
         repo.add_event(run_id, "cancelled", {})
         watcher.wait(timeout=60)
     finally:

@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.progress import Progress
 from typer.testing import CliRunner
 
-from service import cli_common
-from service.cli import app
-from service.cli_demo import embedded_server
+from service.cli import app, common
+from service.cli.demo import embedded_server
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
 
 OPSD = str(Path(sys.executable).with_name("opsd"))  # the installed command
@@ -78,11 +77,11 @@ def test_demo_against_a_server_elsewhere_prints_absolute_paths_and_where_they_ar
 def test_a_library_warning_prints_above_the_live_bar_not_into_it(monkeypatch):
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=100, color_system=None)
-    monkeypatch.setattr(cli_common, "console", terminal)
+    monkeypatch.setattr(common, "console", terminal)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        cli_common.log_through_console("warning")
+        common.log_through_console("warning")
         with Progress(console=terminal) as progress:
             progress.add_task("run 1", total=10, completed=5)
             logging.getLogger("some.library").warning("a library warning")

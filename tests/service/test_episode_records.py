@@ -16,10 +16,10 @@ from service.orchestrator import Orchestrator, RunDriver
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
+from tiny.pretrain import build_tokenizer
 from trainer.config import ContextConfig, RunConfig
 from trainer.context import TeacherContextBuilder
 from trainer.episodes import collect_episodes
-from trainer.tiny import build_tokenizer
 
 from ..trainer.episode_envs import CALL, EOS, TASKS, Scripted, ScriptSampler
 

@@ -49,6 +49,7 @@ from trainer.presets import preset
 from trainer.worker import RunTrainer
 
 from .conftest import REDIS_URL, delete_prefix
+from .records import recorded_steps, set_status
 
 STEPS, PROMPTS, SAMPLES, EVAL_EVERY = 12, 2, 4, 4
 RUN_CONFIG = {
@@ -529,7 +530,7 @@ def test_a_step_checkpointed_by_a_dead_worker_is_recorded_before_a_later_step_is
     engine = make_engine(url)
     repo = Repository(make_sessionmaker(engine))
     run_id = repo.create_run(repo.create_environment("arithmetic", "arithmetic", {}).id, cfg).id
-    repo.set_status(run_id, RunStatus.running)
+    set_status(repo, run_id, RunStatus.running)
     with Session.open(cfg, "cpu", train=False) as session:  # the orchestrator's two batches
         tasks = list(session.env.dataset("train"))
         batches = []
@@ -568,7 +569,7 @@ def test_a_step_checkpointed_by_a_dead_worker_is_recorded_before_a_later_step_is
         asyncio.run(scenario())
         run = repo.get_run(run_id)
         assert (run.status, run.error, run.steps_done) == (RunStatus.running, None, 2)
-        steps = repo.list_steps(run_id)
+        steps = recorded_steps(repo, run_id)
         assert [(s.step, s.batch_id) for s in steps] == [(1, batches[0].id), (2, batches[1].id)]
         assert steps[0].metrics["loss"] == pytest.approx(outcome.metrics["loss"])
         assert state.stat().st_mtime_ns == written  # step 1 was not trained again

@@ -24,7 +24,9 @@ from trainer.loop import Session
 from trainer.presets import preset
 from trainer.worker import RunTrainer
 
+from .bus.backlog import stream_length
 from .conftest import REDIS_URL, delete_prefix
+from .records import recorded_steps, set_status, trajectory_count
 
 pytestmark = pytest.mark.anyio
 
@@ -119,8 +121,8 @@ async def run_to_completion(stack: Stack, cfg: RunConfig, during=None) -> int:
 
 
 def assert_trained_exactly_once(repo: Repository, run_id: int, steps: int) -> None:
-    assert [s.step for s in repo.list_steps(run_id)] == list(range(1, steps + 1))
-    assert repo.trajectory_count(run_id) == steps * PROMPTS * SAMPLES
+    assert [s.step for s in recorded_steps(repo, run_id)] == list(range(1, steps + 1))
+    assert trajectory_count(repo, run_id) == steps * PROMPTS * SAMPLES
     assert repo.untrained_batches(run_id) == []
     assert repo.get_run(run_id).steps_done == steps
 
@@ -158,7 +160,7 @@ async def test_a_redelivered_batch_is_skipped_not_trained_again(stack):
     run_id = await run_to_completion(stack, config(steps=2))
     latest = stack.settings.run_dir(run_id) / "step-000002" / "model.safetensors"
     written = latest.stat().st_mtime_ns
-    repo.set_status(run_id, RunStatus.running)  # let a worker serve the run again
+    set_status(repo, run_id, RunStatus.running)  # let a worker serve the run again
     row = repo.get_batch(run_id, batch_id_for(run_id, 2))
     await stack.bus.ensure_group(str(run_id), TRAINERS)
     await stack.bus.publish_batch(str(run_id), row.batch_id, row.payload)
@@ -167,7 +169,7 @@ async def test_a_redelivered_batch_is_skipped_not_trained_again(stack):
     try:
 
         async def drained() -> bool:
-            return await stack.bus.stream_length(str(run_id)) == 0
+            return await stream_length(stack.bus, str(run_id)) == 0
 
         await until(drained, 30)
     finally:
@@ -183,7 +185,7 @@ async def test_a_step_checkpointed_but_not_recorded_is_recorded_from_the_checkpo
     cfg = config(steps=1)
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, cfg)
-    repo.set_status(run.id, RunStatus.running)
+    set_status(repo, run.id, RunStatus.running)
 
     def sample():
         with Session.open(cfg, train=False) as session:
@@ -211,7 +213,7 @@ async def test_a_step_checkpointed_but_not_recorded_is_recorded_from_the_checkpo
     finally:
         await worker.aclose()
     assert state.stat().st_mtime_ns == written
-    (step,) = repo.list_steps(run.id)
+    (step,) = recorded_steps(repo, run.id)
     assert step.metrics["loss"] == pytest.approx(outcome.metrics["loss"])
 
 
@@ -234,7 +236,7 @@ async def test_a_run_just_started_is_not_reported_as_a_lost_stream(stack, caplog
     repo = stack.repo
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, config())
-    repo.set_status(run.id, RunStatus.running)  # what the orchestrator does first
+    set_status(repo, run.id, RunStatus.running)  # what the orchestrator does first
     worker = Worker(repo, stack.bus, stack.settings)
     await worker.start()
     try:

@@ -5,7 +5,7 @@ import asyncio
 import os
 import signal
 
-from service.cli_server import run_until_signalled
+from service.cli.server import run_until_signalled
 
 
 async def stubborn(swallow: int, log: list[str]) -> None:

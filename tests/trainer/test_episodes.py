@@ -20,6 +20,7 @@ import torch
 
 from envs.tools.calls import format_call, observation
 from envs.tools.lookup import LookupEnv, correct_episode
+from tiny.pretrain import build_tokenizer
 from trainer.config import ContextConfig, SamplingConfig
 from trainer.context import Attempt, TeacherContextBuilder
 from trainer.episodes import (
@@ -34,7 +35,6 @@ from trainer.model import load_policy
 from trainer.presets import preset
 from trainer.rollout import Rollout, budget_warning, episode_stats, run_async
 from trainer.sampler import Completion, TransformersSampler
-from trainer.tiny import build_tokenizer
 
 from .episode_envs import CALL, EOS, OBS, TASKS, Nudging, Scripted, ScriptSampler
 

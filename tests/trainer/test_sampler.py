@@ -1,7 +1,7 @@
 """TransformersSampler: n completions per prompt, EOS/truncation, and honest log-probs.
 
 Plumbing tests on a randomly initialised tiny Llama with the character tokenizer of
-trainer.tiny (100 ids); its lm_head gets a bias towards EOS so that some completions
+tiny.pretrain (100 ids); its lm_head gets a bias towards EOS so that some completions
 end with EOS and others run into the token budget.
 """
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from tiny.pretrain import build_tokenizer
 from trainer.config import SamplingConfig
 from trainer.sampler import TransformersSampler, left_pad, sampling_seed
-from trainer.tiny import build_tokenizer
 
 MAX_NEW = 6
 EOS_BIAS = 4.0

@@ -5,6 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from service.bus import make_bus
+from service.runs.events import follow_run
+from service.runtime import emit
 
 from .helpers import error_of, make_run, parse_sse
 
@@ -100,3 +107,58 @@ def test_a_bad_last_event_id_is_a_422(client, repo):
     response = client.get(f"/v1/runs/{run.id}/events", headers={"Last-Event-ID": "later"})
     assert response.status_code == 422
     assert error_of(response)["details"][0]["loc"] == ["header", "last-event-id"]
+
+
+def follower(
+    services, run_id: int, poll_s: float, produce=None, bus=None
+) -> Callable[[], Awaitable[list[str]]]:
+    """The kinds of the events `follow_run` sends for `run_id` (on the app's repository
+    and, unless `bus` is given, its bus) while `produce()` emits, within ten seconds."""
+
+    async def run() -> list[str]:
+        kinds: list[str] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+
+                async def consume() -> None:
+                    repo, the_bus = services.repo, bus or services.bus
+                    async for message in follow_run(repo, run_id, 0, poll_s, the_bus):
+                        kinds.append(message.event)
+
+                group.start_soon(consume)
+                if produce is not None:
+                    await produce()
+        return kinds
+
+    return run
+
+
+def test_a_live_run_is_followed_through_the_bus_between_polls_of_the_record(client, repo):
+    """With polls an hour apart, what `emit` records and announces arrives at once."""
+    services = client.app.state.services
+    run = make_run(repo)
+
+    async def produce() -> None:
+        await anyio.sleep(0.2)  # the stream has read the (empty) record and waits
+        for kind in ("started", "step", "step", "completed"):
+            await emit(services.repo, services.bus, run.id, kind, {})
+
+    kinds = client.portal.call(follower(services, run.id, 3600.0, produce))
+    assert kinds == ["started", "step", "step", "completed"]
+
+
+def test_without_a_reachable_bus_the_stream_polls_the_record(client, repo):
+    """A bus that cannot subscribe (no Redis there) leaves the stream to polling."""
+    services = client.app.state.services
+    run = make_run(repo)
+    for kind in ("started", "completed"):
+        repo.add_event(run.id, kind, {})
+
+    async def run_with_a_dead_bus() -> list[str]:
+        dead = make_bus("redis://127.0.0.1:1/0")
+        try:
+            return await follower(services, run.id, 0.02, bus=dead)()
+        finally:
+            await dead.aclose()
+
+    assert client.portal.call(run_with_a_dead_bus) == ["started", "completed"]

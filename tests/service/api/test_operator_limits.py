@@ -220,4 +220,4 @@ def test_the_operator_allows_more_models_by_name(tmp_path, make_client):
     body = {**TRY, "model": str(TINY_MODEL_DIR)}
     response = client.post("/v1/environments/arithmetic/try", json=body)
     assert response.status_code == 200, response.text
-    assert "not available" in refused(client, str(TINY_MODEL_DIR.parent / "tiny_tools_model"))
+    assert "not available" in refused(client, str(TINY_MODEL_DIR.parent / "tiny-tools"))

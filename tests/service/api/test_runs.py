@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..records import set_status
 from .helpers import error_of, make_run, record_step
 
 RUN = {"environment": "arithmetic", "steps": 20, "config": {"prompts_per_step": 4}}
@@ -125,7 +126,7 @@ def test_a_config_with_an_infinite_number_is_422(client):
 
 def test_runs_are_listed_newest_first_a_page_at_a_time(client, repo):
     ids = [make_run(repo).id for _ in range(5)]
-    repo.set_status(ids[1], "running")
+    set_status(repo, ids[1], "running")
     first = client.get("/v1/runs", params={"limit": 2}).json()
     assert [r["id"] for r in first["items"]] == ids[::-1][:2]
     second = client.get("/v1/runs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
@@ -174,7 +175,7 @@ def test_stop_resume_cancel_follow_the_allowed_transitions(client, repo):
 
 def test_a_failed_run_can_be_resumed_and_its_error_is_cleared(client, repo):
     run = make_run(repo)
-    repo.set_status(run.id, "failed", error="worker died")
+    set_status(repo, run.id, "failed", error="worker died")
     assert client.get(f"/v1/runs/{run.id}").json()["error"] == "worker died"
     resumed = client.post(f"/v1/runs/{run.id}/resume").json()
     assert (resumed["status"], resumed["error"]) == ("queued", None)

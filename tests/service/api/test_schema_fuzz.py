@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.app import create_app
 from service.settings import Settings
 
+from ..records import set_status
 from .helpers import make_run, record_step
 
 EVENTS_TIMEOUT_S = 1.0  # a queued run's event stream never ends; read what came by then
@@ -62,7 +63,7 @@ def api_schema(tmp_path, monkeypatch) -> Iterator[schemathesis.BaseSchema]:
     repo.add_evaluation(finished.id, 0, 0.25)
     for kind in ("started", "step", "completed"):
         repo.add_event(finished.id, kind, {})
-    repo.set_status(finished.id, "completed")
+    set_status(repo, finished.id, "completed")
     make_run(repo, "arith")
     # /readyz answers 503 without a worker; the in-process bus is safe to call from here.
     asyncio.run(app.state.services.bus.heartbeat("fuzz-worker", 3600))

@@ -8,6 +8,7 @@ from service.bus import LockNotAcquired, StreamLost
 from service.bus.codec import decode_batch, encode_batch
 from trainer.batch import Batch, Sample
 
+from .backlog import pending_count, stream_length
 from .conftest import delete_prefix
 
 pytestmark = pytest.mark.anyio
@@ -36,8 +37,8 @@ async def test_published_batch_goes_to_one_consumer_and_not_again_after_ack(bus)
 
     assert await bus.ack(RUN, GROUP, delivery.message_id) is True
     assert await bus.ack(RUN, GROUP, delivery.message_id) is False
-    assert await bus.pending_count(RUN, GROUP) == 0
-    assert await bus.stream_length(RUN) == 0  # ack deletes by default
+    assert await pending_count(bus, RUN, GROUP) == 0
+    assert await stream_length(bus, RUN) == 0  # ack deletes by default
     assert await bus.read_batches(RUN, GROUP, "worker-a", count=10) == []
     assert await bus.claim_stale(RUN, GROUP, "worker-b", min_idle_ms=0, count=10) == []
 
@@ -54,7 +55,7 @@ async def test_unacked_batch_stays_pending_and_is_claimed_after_min_idle(bus):
     [message_id] = await publish(bus, 1)
     [first] = await bus.read_batches(RUN, GROUP, "dead-worker")
 
-    assert await bus.pending_count(RUN, GROUP) == 1
+    assert await pending_count(bus, RUN, GROUP) == 1
     assert await bus.read_batches(RUN, GROUP, "new-worker") == []
     assert await bus.claim_stale(RUN, GROUP, "new-worker", min_idle_ms=150) == []
 
@@ -71,9 +72,9 @@ async def test_unacked_batch_stays_pending_and_is_claimed_after_min_idle(bus):
     await asyncio.sleep(0.2)
     [again] = await bus.claim_stale(RUN, GROUP, "third-worker", min_idle_ms=150)
     assert again.delivery_count == 3
-    assert await bus.pending_count(RUN, GROUP) == 1
+    assert await pending_count(bus, RUN, GROUP) == 1
     assert await bus.ack(RUN, GROUP, message_id) is True
-    assert await bus.pending_count(RUN, GROUP) == 0
+    assert await pending_count(bus, RUN, GROUP) == 0
 
 
 async def test_two_consumers_in_a_group_split_the_work_without_duplicates(bus):
@@ -92,7 +93,7 @@ async def test_two_consumers_in_a_group_split_the_work_without_duplicates(bus):
     assert sorted(seen["a"] + seen["b"]) == sorted(ids)
     assert not set(seen["a"]) & set(seen["b"])
     assert seen["a"] and seen["b"]
-    assert await bus.pending_count(RUN, GROUP) == 0
+    assert await pending_count(bus, RUN, GROUP) == 0
 
 
 async def test_blocked_read_wakes_when_a_batch_is_published(bus):
@@ -115,7 +116,7 @@ async def test_deleted_run_raises_stream_lost_once_and_recovers(bus):
     await publish(bus, 2)
     await bus.read_batches(RUN, GROUP, "worker", count=1)
     await bus.delete_run(RUN)
-    assert await bus.stream_length(RUN) == 0
+    assert await stream_length(bus, RUN) == 0
 
     with pytest.raises(StreamLost) as lost:
         await bus.read_batches(RUN, GROUP, "worker")
@@ -156,15 +157,15 @@ async def test_redis_flush_under_a_blocked_read_raises_stream_lost(bus, prefix):
     await delete_prefix(prefix)
     with pytest.raises(StreamLost):
         await asyncio.wait_for(reader, 2)
-    assert await bus.pending_count(RUN, GROUP) == 0
+    assert await pending_count(bus, RUN, GROUP) == 0
 
 
-async def test_claim_and_pending_on_a_lost_group_raise_stream_lost(bus):
+async def test_claim_on_a_lost_group_raises_stream_lost(bus):
     with pytest.raises(StreamLost):
         await bus.claim_stale(RUN, GROUP, "worker", min_idle_ms=0)
     await bus.delete_run(RUN)
     with pytest.raises(StreamLost):
-        await bus.pending_count(RUN, GROUP)
+        await bus.claim_stale(RUN, GROUP, "worker", min_idle_ms=0)
 
 
 async def test_published_events_reach_a_subscriber_in_order(bus):

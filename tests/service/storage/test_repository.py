@@ -7,6 +7,8 @@ import pytest
 from service.storage import AlreadyExists, InvalidCursor, NotFound, RunStatus
 from trainer.config import RunConfig
 
+from ..records import set_status
+
 
 def test_environment_round_trips_by_id_and_by_name(repo, env):
     assert env.id is not None
@@ -31,7 +33,7 @@ def test_missing_rows_raise_not_found(repo):
     with pytest.raises(NotFound):
         repo.get_trajectory(12345)
     with pytest.raises(NotFound):
-        repo.set_status(12345, RunStatus.running)
+        repo.transition(12345, [RunStatus.queued], RunStatus.running)
 
 
 def test_run_round_trips_its_full_run_config(repo, env, run_config):
@@ -48,10 +50,10 @@ def test_run_on_a_missing_environment_is_refused(repo, run_config):
         repo.create_run(999, run_config)
 
 
-def test_set_status_stores_status_and_error_and_touches_updated_at(repo, env, run_config):
+def test_transition_stores_status_and_error_and_touches_updated_at(repo, env, run_config):
     run = repo.create_run(env.id, run_config)
-    repo.set_status(run.id, RunStatus.running)
-    failed = repo.set_status(run.id, RunStatus.failed, error="CUDA out of memory")
+    repo.transition(run.id, [RunStatus.queued], RunStatus.running)
+    failed = repo.transition(run.id, [RunStatus.running], RunStatus.failed, "CUDA out of memory")
     got = repo.get_run(run.id)
     assert (got.status, got.error) == (RunStatus.failed, "CUDA out of memory")
     assert failed.updated_at >= run.updated_at
@@ -60,7 +62,7 @@ def test_set_status_stores_status_and_error_and_touches_updated_at(repo, env, ru
 def test_list_runs_filters_by_status(repo, env, run_config):
     a = repo.create_run(env.id, run_config)
     repo.create_run(env.id, run_config)
-    repo.set_status(a.id, RunStatus.running)
+    set_status(repo, a.id, RunStatus.running)
     items, cursor = repo.list_runs(status=RunStatus.running)
     assert [r.id for r in items] == [a.id] and cursor is None
 
@@ -115,3 +117,14 @@ def test_events_after_returns_only_newer_events_of_that_run_in_order(repo, env, 
     assert first.id < second.id < third.id
     assert repo.events_after(run.id, third.id) == []
     assert len(repo.events_after(None)) == 5
+
+
+def test_evaluations_of_many_runs_come_back_per_run_in_step_order(repo, env, run_config):
+    a, b, quiet = (repo.create_run(env.id, run_config).id for _ in range(3))
+    for run_id, step, accuracy in [(b, 4, 0.5), (a, 2, 0.25), (b, 0, 0.125), (a, 0, 0.0)]:
+        repo.add_evaluation(run_id, step, accuracy)
+    assert repo.evaluations_of([a, b, quiet]) == {
+        a: [(0, 0.0), (2, 0.25)],
+        b: [(0, 0.125), (4, 0.5)],
+    }
+    assert repo.evaluations_of([]) == {}

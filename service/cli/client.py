@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from service.cli_common import console, fail, load_config_file
-from service.cli_watch import EXIT_CODES_HELP, accuracy, follow, status_text
+from service.cli.common import console, fail, load_config_file
+from service.cli.watch import EXIT_CODES_HELP, accuracy, follow, status_text
 from service.client import DEFAULT_URL, ApiError, Client, Run, ServerUnreachable
 
 runs_app = typer.Typer(

@@ -20,7 +20,7 @@ from datetime import datetime
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from service.cli_common import console
+from service.cli.common import console
 from service.client import Client, Event, Run
 
 STATUS_STYLE = {

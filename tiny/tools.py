@@ -46,9 +46,9 @@ import torch
 from envs.base import Score, Task
 from envs.tools.calls import CLOSE, format_call
 from envs.tools.lookup import CONSONANTS, VOWELS, LookupConfig, LookupEnv
+from tiny.pretrain import IGNORE, Corpus, Example, PretrainConfig, collate, pretrain
 from trainer.config import ContextConfig
 from trainer.context import Attempt, encode_prompt, render_teacher_texts
-from trainer.tiny import IGNORE, Corpus, Example, PretrainConfig, collate, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def pretrain_tools(
                 for k in PROBED[phase.phase]
             }
             stop = partial(_learned, probes=probes, threshold=phase.stop_at_loss)
-        done += pretrain(model, tokenizer, run, report, Corpus(example, stop))
+        done += pretrain(model, tokenizer, run, Corpus(example, stop), report)
         log.info("tool corpus: %s phase done after %d steps in all", phase.phase, done)
     return done
 

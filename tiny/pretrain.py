@@ -1,15 +1,9 @@
-"""Build `tiny`: a character-level Llama small enough to train on a laptop CPU.
+"""What both tiny models share: the character-level tokenizer, the Llama architecture,
+the generation config, and supervised pretraining on a corpus of masked documents.
 
-The model is a real `LlamaForCausalLM` with a `PreTrainedTokenizerFast`, saved as a
-Hugging Face directory and loaded by the same code as any other model. It is
-pretrained on arithmetic problems, most of them with a teacher context (built by
-the project's own context builder from the default templates) that holds the
-answer, so that it can read hints in context but cannot yet add well on its own:
-exactly the gap self-distillation closes.
-
-`tiny-tools` is the same model pretrained further on episodes of the `lookup` tool
-task (`task="tools"`, corpus in trainer/tiny_tools.py): alone it rarely uses the tool
-well, with a successful sibling or feedback in its context it nearly always does.
+`tiny` is a real `LlamaForCausalLM` with a `PreTrainedTokenizerFast`, saved as a Hugging
+Face directory and loaded by the same code as any other model; tiny/arithmetic.py holds
+its corpus and tiny/tools.py the corpus of `tiny-tools`; tiny/build.py builds either.
 """
 
 from __future__ import annotations
@@ -17,20 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-from envs.arithmetic import ArithmeticEnv, feedback_for
-from envs.base import Task
-from trainer.config import ContextConfig
-from trainer.context import Attempt, encode_prompt, render_teacher_texts
 
 log = logging.getLogger(__name__)
 
@@ -104,34 +91,8 @@ class PretrainConfig:
     check_every: int = 25
 
 
-def hinted_context(task: Task, rng: random.Random, cfg: ContextConfig) -> str:
-    """A teacher context for `task`, from a successful sibling or from wrong-answer feedback."""
-    wrong = str(int(task.reference[::-1]) + rng.choice([-11, -10, -2, -1, 1, 2, 10, 11]))[::-1]
-    _, feedback = feedback_for(wrong, task)
-    failed = Attempt(response=wrong, reward=0.0, feedback=feedback)
-    if rng.random() < 0.5:
-        attempts = [failed, Attempt(response=task.reference, reward=1.0, feedback=None)]
-    else:
-        attempts = [failed]
-    text = render_teacher_texts(task.prompt, attempts, cfg)[0]
-    assert text is not None
-    return text
-
-
 Example = tuple[list[int], list[int]]  # token ids, labels (IGNORE: no loss at that position)
 IGNORE = -100
-
-
-def make_example(task: Task, rng: random.Random, plain_fraction: float, tokenizer) -> Example:
-    """Token ids (bos + context + answer + eos), with the loss on the answer."""
-    context = (
-        task.prompt if rng.random() < plain_fraction else hinted_context(task, rng, ContextConfig())
-    )
-    ctx_ids = encode_prompt(tokenizer, context)
-    answer_ids = tokenizer(task.reference, add_special_tokens=False)["input_ids"] + [
-        tokenizer.eos_token_id
-    ]
-    return ctx_ids + answer_ids, [IGNORE] * len(ctx_ids) + answer_ids
 
 
 def collate(
@@ -149,19 +110,6 @@ def collate(
     return ids, mask, labels
 
 
-def plain_accuracy(model: LlamaForCausalLM, tokenizer, tasks: list[Task]) -> float:
-    """Greedy exact-match accuracy on plain prompts (no hint)."""
-    from trainer.config import SamplingConfig
-    from trainer.sampler import TransformersSampler
-
-    prompts = [encode_prompt(tokenizer, t.prompt) for t in tasks]
-    out = TransformersSampler(model, tokenizer).sample(
-        prompts, 1, SamplingConfig(max_new_tokens=6), greedy=True
-    )
-    answers = [tokenizer.decode(c[0].token_ids, skip_special_tokens=True) for c in out]
-    return sum(a.strip() == t.reference for a, t in zip(answers, tasks, strict=True)) / len(tasks)
-
-
 @dataclass
 class Corpus:
     """What pretraining reads: `example(rng, tokenizer, step)` draws one document for
@@ -172,37 +120,19 @@ class Corpus:
     done: Callable[[LlamaForCausalLM, object], bool] | None = None
 
 
-def arithmetic_corpus(cfg: PretrainConfig) -> Corpus:
-    """Plain and hinted arithmetic problems; stops at `stop_at_plain_accuracy` on
-    training problems."""
-    tasks = ArithmeticEnv().dataset("train")
-    probe = list(tasks[:256])
-
-    def example(rng: random.Random, tokenizer, step: int) -> Example:
-        return make_example(rng.choice(tasks), rng, cfg.plain_fraction, tokenizer)
-
-    def done(model: LlamaForCausalLM, tokenizer) -> bool:
-        accuracy = plain_accuracy(model, tokenizer, probe)
-        log.info("plain accuracy on training problems %.3f", accuracy)
-        return accuracy >= cfg.stop_at_plain_accuracy
-
-    return Corpus(example, done if cfg.stop_at_plain_accuracy is not None else None)
-
-
 def pretrain(
     model: LlamaForCausalLM,
     tokenizer,
     cfg: PretrainConfig,
+    corpus: Corpus,
     on_step: Callable[[int, float], None] | None = None,
-    corpus: Corpus | None = None,
 ) -> int:
-    """Supervised pretraining on the masked documents of `corpus` (default: arithmetic).
+    """Supervised pretraining on the masked documents of `corpus`.
 
     Returns the number of steps taken (fewer than cfg.steps when `corpus.done` stops it;
     it looks at training problems only).
     """
     rng = random.Random(cfg.seed)
-    corpus = corpus or arithmetic_corpus(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
 
     def lr_at(step: int) -> float:
@@ -230,44 +160,3 @@ def pretrain(
                 log.info("pretraining done after %d steps", step + 1)
                 return step + 1
     return cfg.steps
-
-
-def build_tiny_model(
-    out_dir: Path,
-    cfg=None,
-    on_step=None,
-    *,
-    task: Literal["arithmetic", "tools"] = "arithmetic",
-    init: Path | None = None,
-    max_steps: int | None = None,
-) -> Path:
-    """Create, pretrain and save a tiny model as a Hugging Face directory.
-
-    `arithmetic` (`tiny`): random weights, `cfg` a `PretrainConfig`. `tools` (`tiny-tools`):
-    the weights in `init` (default: the packaged `tiny`), `cfg` a
-    `trainer.tiny_tools.ToolPretrainConfig`, `max_steps` caps each of its phases.
-    """
-    tokenizer = build_tokenizer()
-    started = time.monotonic()
-    if task == "tools":
-        from trainer.model import TINY_MODEL_DIR
-        from trainer.tiny_tools import ToolPretrainConfig, pretrain_tools
-
-        cfg = cfg or ToolPretrainConfig()
-        torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM.from_pretrained(init or TINY_MODEL_DIR)
-        steps = pretrain_tools(model, tokenizer, cfg, on_step, max_steps)
-    else:
-        cfg = cfg or PretrainConfig()
-        torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM(build_config(len(tokenizer)))
-        steps = pretrain(model, tokenizer, cfg, on_step)
-    log.info(
-        "pretrained tiny %s model for %d steps in %.0fs", task, steps, time.monotonic() - started
-    )
-    model.generation_config = build_generation_config(tokenizer, task)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir

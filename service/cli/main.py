@@ -1,7 +1,7 @@
 """The `opsd` command line: offline training, the tiny model, the sandbox and environments.
 
-The service's processes (`serve`, `worker`, `db`) live in service/cli_server.py and the
-commands that talk to a server (`envs list|register`, `runs ...`) in service/cli_client.py;
+The service's processes (`serve`, `worker`, `db`) live in service/cli/server.py and the
+commands that talk to a server (`envs list|register`, `runs ...`) in service/cli/client.py;
 all are registered here.
 """
 
@@ -25,11 +25,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from service import cli_client, cli_demo, cli_server
+from service.cli import client, demo, server
 
 if TYPE_CHECKING:
     from trainer.config import RunConfig
-from service.cli_common import (
+from service.cli.common import (
     console,
     fail,
     load_config_file,
@@ -179,9 +179,10 @@ def tiny_build(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Build and pretrain a tiny model (a few minutes on a CPU)."""
+    from tiny.build import build_tiny_model
+    from tiny.pretrain import PretrainConfig
+    from tiny.tools import ToolPretrainConfig
     from trainer.model import TINY_MODEL_DIR, TINY_TOOLS_MODEL_DIR
-    from trainer.tiny import PretrainConfig, build_tiny_model
-    from trainer.tiny_tools import ToolPretrainConfig
 
     quiet_libraries()
     if task is TinyTask.tools:
@@ -215,13 +216,13 @@ envs_app = typer.Typer(
     help="Environments: try one here; list and register them on a server.", no_args_is_help=True
 )
 app.add_typer(envs_app, name="envs")
-envs_app.command("list")(cli_client.envs_list)
-envs_app.command("register")(cli_client.envs_register)
-app.add_typer(cli_client.runs_app, name="runs")
-app.command()(cli_server.serve)
-app.command()(cli_server.worker)
-app.command()(cli_demo.demo)
-app.add_typer(cli_server.db_app, name="db")
+envs_app.command("list")(client.envs_list)
+envs_app.command("register")(client.envs_register)
+app.add_typer(client.runs_app, name="runs")
+app.command()(server.serve)
+app.command()(server.worker)
+app.command()(demo.demo)
+app.add_typer(server.db_app, name="db")
 
 
 @sandbox_app.command("run")

@@ -12,13 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.tools.calls import CLOSE
 from envs.tools.lookup import CONSONANTS, VOWELS, LookupConfig, LookupEnv
-from trainer.config import ContextConfig
-from trainer.context import TeacherContextBuilder
-from trainer.episodes import greedy_episode_accuracy
-from trainer.model import TINY_TOOLS_MODEL_DIR, resolve_model
-from trainer.sampler import TransformersSampler
-from trainer.tiny import build_tokenizer
-from trainer.tiny_tools import (
+from tiny.pretrain import build_tokenizer
+from tiny.tools import (
     EPISODE_TOKENS,
     HELD_OUT_DOCUMENTS,
     IGNORE,
@@ -30,6 +25,11 @@ from trainer.tiny_tools import (
     made_up_code,
     misspell,
 )
+from trainer.config import ContextConfig
+from trainer.context import TeacherContextBuilder
+from trainer.episodes import greedy_episode_accuracy
+from trainer.model import TINY_TOOLS_MODEL_DIR, resolve_model
+from trainer.sampler import TransformersSampler
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from service.cli_client import Token, connect
-from service.cli_common import console, fail, log_through_console
-from service.cli_server import load_settings
-from service.cli_watch import INTERRUPTED, accuracy, follow
+from service.cli.client import Token, connect
+from service.cli.common import console, fail, log_through_console
+from service.cli.server import load_settings
+from service.cli.watch import INTERRUPTED, accuracy, follow
 from service.client import ApiError, Client, Run
 
 ENVIRONMENT = "arithmetic"

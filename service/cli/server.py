@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from service.cli_common import console, fail, quiet_libraries
+from service.cli.common import console, fail, quiet_libraries
 from service.settings import Settings
 
 db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)

@@ -10,13 +10,13 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.arithmetic import ArithmeticEnv
+from tiny.arithmetic import hinted_context
 from trainer.config import ContextConfig
 from trainer.context import TeacherContextBuilder
 from trainer.loop import Session
 from trainer.model import TINY_MODEL_DIR
 from trainer.presets import preset
 from trainer.rollout import greedy_accuracy
-from trainer.tiny import hinted_context
 
 
 @pytest.fixture(scope="module")
