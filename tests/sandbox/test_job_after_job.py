@@ -201,8 +201,10 @@ def test_a_worker_that_dies_cleaning_up_is_replaced_before_the_next_job(warm):
         slot, worker = warm.box._idle.get_nowait()
         try:
             await worker.settle()  # after the probe
-            header, payload = encode(program, warm.limits)
-            raw, _ = await worker.call(header, payload, warm.limits)
+            # Room to write the files on a busy machine: the job must finish, not hit a limit.
+            limits = warm.limits.model_copy(update={"cpu_seconds": 5, "wall_seconds": 10})
+            header, payload = encode(program, limits)
+            raw, _ = await worker.call(header, payload, limits)
             assert raw["exit_code"] == 0, raw
             await worker.stop()  # it answered; now it dies before it has cleaned up
         finally:
