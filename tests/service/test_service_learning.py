@@ -23,7 +23,9 @@ def test_self_distillation_through_the_service_raises_held_out_accuracy_by_20_po
     settings = Settings(data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5)
     with live_server(settings) as api:
         config = {"seed": 0, "eval": {"every": STEPS, "size": 256}}
-        run = api.create_run("arithmetic", model="tiny", algorithm="sdpo", steps=STEPS, config=config)
+        run = api.create_run(
+            "arithmetic", model="tiny", algorithm="sdpo", steps=STEPS, config=config
+        )
         kinds = [event.kind for event in api.events(run["id"])]
         done = api.get_run(run["id"])
         series = api.run_metrics(run["id"])
