@@ -15,9 +15,9 @@ step s with weights older than step s - 1: which version it gets depends on how 
 sampler and the trainer are scheduled, so that run differs from the offline one by
 design (each batch records the policy version that sampled it).
 
-No deterministic-algorithm switch is needed on CPU: both processes run the same kernels
-with the same number of torch threads (the pipeline process is spawned with the test
-process's environment), and each kernel is deterministic for a given thread count.
+No deterministic-algorithm switch is needed on CPU: each kernel is deterministic for a
+given number of threads, and both processes run with the same number (the pipeline
+process is spawned with OMP_NUM_THREADS set to the test process's torch thread count).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from service.settings import Settings
 from trainer.loop import Session, train
@@ -77,8 +78,9 @@ def offline(tmp_path, monkeypatch):
     return records, sampled
 
 
-def test_opsd_train_and_an_embedded_service_run_are_the_same_run(offline, tmp_path):
+def test_opsd_train_and_an_embedded_service_run_are_the_same_run(offline, tmp_path, monkeypatch):
     records, sampled = offline
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     settings = Settings(data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5)
     assert settings.pipeline_process  # the service's own layout: sampling and training in a child
     with live_server(settings) as api:

@@ -19,7 +19,10 @@ STEPS = 150
 
 
 @pytest.mark.slow
-def test_self_distillation_through_the_service_raises_held_out_accuracy_by_20_points(tmp_path):
+def test_self_distillation_through_the_service_raises_held_out_accuracy_by_20_points(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the pipeline process: the tiny model's fastest
     settings = Settings(data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5)
     with live_server(settings) as api:
         config = {"seed": 0, "eval": {"every": STEPS, "size": 256}}
