@@ -21,7 +21,7 @@ from functools import cached_property
 
 from pydantic import Field, model_validator
 
-from envs.base import EnvConfig, Score, Split, Task, Verdict
+from envs.base import EnvConfig, EnvironmentBase, Score, Split, Task, Verdict
 
 _NUMBER = re.compile(r"-?\d+")
 MAX_PROBLEMS = 500**2  # every pair is built in memory
@@ -73,7 +73,7 @@ def feedback_for(response: str, task: Task) -> tuple[Verdict, str | None]:
     return Verdict.wrong_answer, f"Incorrect. The answer is {task.reference}."
 
 
-class ArithmeticEnv:
+class ArithmeticEnv(EnvironmentBase):
     """`a+b=` with a, b in [low, high]; reward 1 for the exact sum, else 0."""
 
     name = "arithmetic"

@@ -1,39 +1,27 @@
 """The Environment interface (envs/README.md).
 
 An environment is a dataset of tasks plus `score`, which judges one response and
-says why: a reward, a verdict, and feedback text the teacher can read.
-Multi-turn environments (envs/tools) set `multi_turn = True` and add `start(task)`, an
-episode that answers each model turn (`step`) and judges the whole (`finish`).
+says why: a reward, a verdict (`Verdict`, the one set the sandbox also reports), and
+feedback text the teacher can read. It says whether it plays multi-turn episodes
+(`multi_turn`: envs/tools, which add `start(task)`, an episode that answers each model
+turn and judges the whole) and releases what it holds with `close` / `aclose`.
+`EnvironmentBase` gives the defaults: single-turn, nothing to release.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 
-from sandbox.base import SandboxSettings
+from sandbox.base import SandboxSettings, Verdict
 
 Split = Literal["train", "eval"]
-
-
-class Verdict(StrEnum):
-    """What happened to a response; the sandbox reports the execution ones."""
-
-    ok = "ok"
-    wrong_answer = "wrong_answer"
-    format_error = "format_error"
-    runtime_error = "runtime_error"
-    time_limit = "time_limit"
-    memory_limit = "memory_limit"
-    output_limit = "output_limit"
-    compile_error = "compile_error"
-    sandbox_error = "sandbox_error"
 
 
 @dataclass(frozen=True)
@@ -132,6 +120,8 @@ class Environment(Protocol):
 
     name: ClassVar[str]
     Config: ClassVar[type[EnvConfig]]
+    multi_turn: ClassVar[bool]
+    """True for environments that play tool episodes (envs.tools.base.ToolEnvironment)."""
 
     def dataset(self, split: Split) -> Sequence[Task]:
         """All tasks of a split; `eval` is held out from `train`."""
@@ -140,3 +130,32 @@ class Environment(Protocol):
     async def score(self, task: Task, response: str) -> Score:
         """Judge one complete response to `task`."""
         ...
+
+    def close(self) -> None:
+        """Release what the environment holds (a sandbox's workers); blocking."""
+        ...
+
+    async def aclose(self) -> None:
+        """`close` without blocking the caller's event loop."""
+        ...
+
+
+class EnvironmentBase:
+    """The defaults of the `Environment` protocol for an environment class to inherit:
+    single-turn, and nothing to release."""
+
+    multi_turn: ClassVar[bool] = False
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+
+PROTOCOL_MEMBERS = ("name", "Config", "multi_turn", "dataset", "score", "close", "aclose")
+
+
+def missing_members(cls: type) -> list[str]:
+    """The members of the `Environment` protocol that `cls` lacks."""
+    return [member for member in PROTOCOL_MEMBERS if not hasattr(cls, member)]

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from envs.base import EnvConfig, Environment, Operator
+from envs.base import EnvConfig, Environment, Operator, missing_members
 from sandbox.base import SandboxSettings
 
 ENTRY_POINT_GROUP = "opsd.envs"
@@ -26,6 +26,10 @@ BUILTIN: dict[str, str] = {
 
 class UnknownEnvironment(LookupError):
     """No built-in or installed environment has this name."""
+
+
+class NotAnEnvironment(UnknownEnvironment):
+    """What a name points to does not implement the `Environment` protocol."""
 
 
 class InvalidEnvConfig(ValueError):
@@ -50,7 +54,13 @@ def env_class(name: str) -> type[Environment]:
     if name not in targets:
         known = ", ".join(sorted(targets))
         raise UnknownEnvironment(f"unknown environment {name!r}; known: {known}")
-    return _load(targets[name])
+    cls = _load(targets[name])
+    if missing := missing_members(cls):
+        raise NotAnEnvironment(
+            f"environment {name!r} ({targets[name]}) lacks {', '.join(missing)} of the "
+            "Environment protocol; subclass envs.base.EnvironmentBase for the defaults"
+        )
+    return cls
 
 
 def config_schema(name: str) -> dict[str, Any]:

@@ -20,10 +20,14 @@ MiB = 1 << 20
 
 
 class Verdict(StrEnum):
-    """What happened to a run. `wrong_answer` and `compile_error` are for environments."""
+    """What happened to a run, and how an environment judges a response (envs.base
+    re-exports this type: one set of verdicts for both). The sandbox reports `ok`, the
+    limits, `runtime_error` and `sandbox_error`; `wrong_answer`, `format_error` and
+    `compile_error` are the environments' own."""
 
     ok = "ok"
     wrong_answer = "wrong_answer"
+    format_error = "format_error"
     runtime_error = "runtime_error"
     time_limit = "time_limit"
     memory_limit = "memory_limit"

@@ -21,44 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from service.bus import Bus
 from service.bus.codec import encode_batch
 from service.runtime import TRAINERS, batch_id_for, cancel_and_wait, emit, republish_untrained
 from service.settings import Settings
 from service.storage import Lease, LeaseLost, Repository, RunStatus
-from trainer.batch import Batch
-from trainer.checkpoint import checkpoint_path, latest_checkpoint
+from trainer.checkpoint import checkpoint_path, checkpoint_step, latest_checkpoint
 from trainer.config import RunConfig
 from trainer.loop import Session
-from trainer.rollout import Rollout, budget_warning, rollout_stats
-from trainer.sampler import sampling_seed
-from trainer.worker import is_milestone
+from trainer.run import PolicyCopy, RunPlan, sample_step
 
 log = logging.getLogger(__name__)
 
 LOST_STREAM_CHECK_S = 1.0
-
-
-class PolicyCopy(Protocol):
-    """The sampling side of a run: trainer.loop.Session, or a scripted stand-in."""
-
-    env: Any
-
-    def rollout(
-        self, tasks: Sequence, policy_version: int, seed: int | None = None
-    ) -> tuple[Batch, list[Rollout]]: ...
-    def evaluate(self) -> float: ...
-    def load_weights(self, path: Path) -> None: ...
-    def close(self) -> None: ...
 
 
 def open_session(cfg: RunConfig, device: str | None, *, settings: Settings) -> PolicyCopy:
@@ -192,19 +174,20 @@ class RunDriver:
 
     async def drive(self) -> None:
         run = await asyncio.to_thread(self.repo.get_run, self.run_id)
-        cfg = RunConfig.model_validate(run.config)
+        plan = RunPlan(RunConfig.model_validate(run.config))
         if run.status == RunStatus.queued:
             await asyncio.to_thread(
                 self.repo.transition, self.run_id, [RunStatus.queued], RunStatus.running
             )
-            await emit(self.repo, self.bus, self.run_id, "started", {"steps": cfg.steps})
-        self.session = await asyncio.to_thread(self.open_policy, cfg, self.settings.device)
+            await emit(self.repo, self.bus, self.run_id, "started", {"steps": plan.cfg.steps})
+        self.session = await asyncio.to_thread(self.open_policy, plan.cfg, self.settings.device)
         try:
-            await self._loop(cfg)
+            await self._loop(plan)
         finally:
             await asyncio.to_thread(self.session.close)
 
-    async def _loop(self, cfg: RunConfig) -> None:
+    async def _loop(self, plan: RunPlan) -> None:
+        cfg = plan.cfg
         train_tasks = list(self.session.env.dataset("train"))
         next_step = await asyncio.to_thread(self.repo.last_batch_step, self.run_id) + 1
         await self.bus.ensure_group(self.key, TRAINERS)
@@ -218,9 +201,9 @@ class RunDriver:
             if run.status != RunStatus.running:
                 await self._left(run.status)
                 return
-            await self._evaluate_milestones(cfg, run.steps_done)
+            await self._evaluate_milestones(plan, run.steps_done)
             if run.steps_done >= cfg.steps:
-                await self._complete(cfg)
+                await self._complete(plan)
                 return
             behind = next_step - 1 - run.steps_done
             if next_step > cfg.steps or behind > cfg.max_off_policy_steps:
@@ -231,14 +214,13 @@ class RunDriver:
                 await asyncio.sleep(self.settings.poll_s / 4)
                 continue
             await self._catch_up()
-            rng = random.Random(f"{cfg.seed}:{next_step}")
-            await self._publish(cfg, next_step, rng.sample(train_tasks, cfg.prompts_per_step))
+            await self._publish(plan, train_tasks, next_step)
             next_step += 1
 
     async def _catch_up(self) -> None:
         """Load the newest trained weights, if newer than the ones we sample with."""
         path = latest_checkpoint(self.run_dir)
-        if path is None or (step := int(path.name.split("-")[1])) <= self.version:
+        if path is None or (step := checkpoint_step(path)) <= self.version:
             return
         await self._load(path, step)
 
@@ -254,27 +236,19 @@ class RunDriver:
                 await asyncio.sleep(0.05)
                 path = latest_checkpoint(self.run_dir) or path
 
-    async def _publish(self, cfg: RunConfig, step: int, tasks) -> None:
-        began = time.monotonic()
-        # Tasks and draws are functions of (seed, step): a step sampled again after a
-        # restart, with the same policy version, gets the same responses.
-        batch, rollouts = await asyncio.to_thread(
-            self.session.rollout, tasks, self.version, sampling_seed(cfg.seed, step)
+    async def _publish(self, plan: RunPlan, train_tasks: list, step: int) -> None:
+        # The plan's tasks and draws: a step sampled again after a restart, with the same
+        # policy version, gets the same responses (and `opsd train` samples the same).
+        sampled = await asyncio.to_thread(
+            sample_step, plan, self.session, train_tasks, step, self.version
         )
+        batch, rollouts, stats = sampled.batch, sampled.rollouts, sampled.stats
         batch.id = batch_id_for(self.run_id, step)
-        group = cfg.samples_per_prompt
+        group = plan.cfg.samples_per_prompt
         rows = [
             {**asdict(r), "group_index": i // group, "sample_index": i % group}
             for i, r in enumerate(rollouts)
         ]
-        stats = {
-            **rollout_stats(batch, rollouts),  # reward, length, truncation, episode metrics
-            "samples_seen": step * cfg.prompts_per_step * group,
-            "policy_lag": step - 1 - self.version,
-            "sample_seconds": time.monotonic() - began,
-        }
-        if step == 1 and (hint := budget_warning(stats, cfg.sampling.max_new_tokens)):
-            log.warning("run %d: %s", self.run_id, hint)
         payload = encode_batch(batch)
         await asyncio.to_thread(
             self.repo.add_batch,
@@ -298,20 +272,16 @@ class RunDriver:
             await self.bus.publish_feedback(self.key, feedback)
         await emit(self.repo, self.bus, self.run_id, "batch", {"step": step, **stats})
 
-    async def _evaluate_milestones(self, cfg: RunConfig, steps_done: int) -> None:
+    async def _evaluate_milestones(self, plan: RunPlan, steps_done: int) -> None:
         if self.evaluated is None:
             evaluations = await asyncio.to_thread(self.repo.evaluations, self.run_id)
             self.evaluated = {step for step, _ in evaluations}
         done = self.evaluated
-        milestones = [0, *range(cfg.eval.every, steps_done + 1, cfg.eval.every)]
-        if cfg.steps <= steps_done:
-            milestones.append(cfg.steps)
-        for step in sorted(set(milestones) - done):
+        for step in [s for s in plan.milestones(steps_done) if s not in done]:
             if step == 0 and self.version != 0:
                 log.warning("run %d: base weights gone; step 0 not evaluated", self.run_id)
                 continue
             if step != self.version:
-                assert is_milestone(step, cfg)
                 await self._load(checkpoint_path(self.run_dir, step), step)
             accuracy = await asyncio.to_thread(self.session.evaluate)
             await asyncio.to_thread(
@@ -322,18 +292,12 @@ class RunDriver:
                 self.repo, self.bus, self.run_id, "eval", {"step": step, "accuracy": accuracy}
             )
 
-    async def _complete(self, cfg: RunConfig) -> None:
+    async def _complete(self, plan: RunPlan) -> None:
         evaluations = await asyncio.to_thread(self.repo.evaluations, self.run_id)
         await asyncio.to_thread(
             self.repo.transition, self.run_id, [RunStatus.running], RunStatus.completed
         )
-        summary = {
-            "base_eval_accuracy": evaluations[0][1] if evaluations else None,
-            "final_eval_accuracy": evaluations[-1][1] if evaluations else None,
-            "steps": cfg.steps,
-            "samples_seen": cfg.steps * cfg.prompts_per_step * cfg.samples_per_prompt,
-            "checkpoint": str(checkpoint_path(self.run_dir, cfg.steps)) if cfg.steps else None,
-        }
+        summary = plan.summary(self.run_dir, dict(evaluations))
         await emit(self.repo, self.bus, self.run_id, "completed", summary)
         await self.bus.delete_run(self.key)
 

@@ -36,7 +36,8 @@ from service.storage import NotFound, Repository, RunStatus
 from service.storage.models import PendingBatch
 from trainer.checkpoint import checkpoint_path
 from trainer.config import RunConfig
-from trainer.worker import RunTrainer, is_milestone
+from trainer.run import RunPlan
+from trainer.worker import RunTrainer
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class Worker:
         self.recorded[run_id] = delivery.batch_id  # by us now, or by another worker before
         if not recorded:
             return
-        if is_milestone(step, trainer.cfg):
+        if RunPlan(trainer.cfg).is_milestone(step):
             path = checkpoint_path(trainer.run_dir, step)
             await asyncio.to_thread(repo.add_checkpoint, run_id, step, str(path))
         await emit(repo, self.bus, run_id, "step", {"step": step, "metrics": metrics})

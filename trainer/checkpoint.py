@@ -50,17 +50,28 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / f"step-{step:06d}"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete `step-*` checkpoint with the highest step under `run_dir`, if any."""
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a checkpoint directory named by `checkpoint_path`; None for any other name."""
+    match = _STEP_DIR.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of the complete checkpoints under `run_dir`, in order."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        return None
-    steps = [
-        (int(match.group(1)), path)
+        return []
+    return sorted(
+        step
         for path in run_dir.iterdir()
-        if (match := _STEP_DIR.fullmatch(path.name)) and (path / STATE_JSON).is_file()
-    ]
-    return max(steps)[1] if steps else None
+        if (step := checkpoint_step(path)) is not None and (path / STATE_JSON).is_file()
+    )
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete `step-*` checkpoint with the highest step under `run_dir`, if any."""
+    steps = checkpoint_steps(run_dir)
+    return checkpoint_path(run_dir, steps[-1]) if steps else None
 
 
 def save_checkpoint(

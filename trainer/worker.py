@@ -10,42 +10,39 @@ the record and acknowledges the batch only after `train` returns, so:
 - a batch redelivered after the checkpoint but before the record is not trained
   again: `outcome_of(batch_id)` returns the outcome saved in the checkpoint;
 - a worker that starts (or falls behind another worker) loads the latest checkpoint.
+
+The step itself, its checkpoint and which checkpoints are kept are the run core's
+(trainer/run.py), the same as in `opsd train`.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from trainer.batch import Batch
-from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import checkpoint_step, latest_checkpoint
 from trainer.config import RunConfig
-from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
+from trainer.model import UNRESTRICTED, ModelAccess
+from trainer.run import (
+    RunPlan,
+    StepOutcome,
+    load_step,
+    open_policy,
+    prune_checkpoints,
+    save_step,
+    train_step,
+)
 from trainer.step import Learner
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class StepOutcome:
-    """What one optimiser step produced, as the record stores it."""
-
-    step: int
-    batch_id: str
-    metrics: dict[str, float]
-    log_ratios: list[list[float | None]]  # per sample, per response token (None: env token)
-    tokens: list[list[str]]  # the response tokens those log-ratios belong to
+__all__ = ["OutOfOrder", "RunTrainer", "StepOutcome"]
 
 
 class OutOfOrder(RuntimeError):
     """A batch arrived for a step that is not the next one to train."""
-
-
-def is_milestone(step: int, cfg: RunConfig) -> bool:
-    """Steps whose checkpoints are kept (and evaluated): every `eval.every`, and the last."""
-    return step == 0 or step % cfg.eval.every == 0 or step == cfg.steps
 
 
 class RunTrainer:
@@ -59,12 +56,10 @@ class RunTrainer:
         model_access: ModelAccess = UNRESTRICTED,
     ) -> None:
         """`model_access`: which model names may be loaded (the service's clients name them)."""
-        self.cfg = cfg
+        self.cfg, self.plan = cfg, RunPlan(cfg)
         self.run_dir = Path(run_dir)
         self.keep = keep
-        self.policy, self.tokenizer = load_policy(
-            cfg.model, lora=cfg.lora, device=pick_device(device), access=model_access
-        )
+        self.policy, self.tokenizer = open_policy(cfg, device, model_access)
         self.learner = Learner(self.policy, self.tokenizer.pad_token_id, cfg)
         self.step = 0
         self.last: StepOutcome | None = None
@@ -73,19 +68,10 @@ class RunTrainer:
     def sync(self) -> None:
         """Catch up with the newest checkpoint on disk (written by us or another worker)."""
         path = latest_checkpoint(self.run_dir)
-        if path is None:
+        if path is None or checkpoint_step(path) <= self.step:
             return
-        step = int(path.name.split("-")[1])
-        if step <= self.step:
-            return
-        state = load_checkpoint(
-            path,
-            policy=self.policy,
-            optimizer=self.learner.optimizer,
-            scheduler=self.learner.scheduler,
-            teacher=self.learner.teacher,
-        )
-        self.step = self.learner.steps_done = state["step"]
+        state = load_step(path, self.learner)
+        self.step = state["step"]
         self.last = StepOutcome(**state["outcome"]) if state.get("outcome") else None
         log.info("run dir %s: resumed at step %d", self.run_dir, self.step)
 
@@ -97,32 +83,16 @@ class RunTrainer:
         """Train `batch` as step `step` (must be the next step), then checkpoint."""
         if step != self.step + 1:
             raise OutOfOrder(f"batch for step {step} while step {self.step + 1} is next")
-        result = self.learner.step(batch)
-        outcome = StepOutcome(
-            step=step,
-            batch_id=batch.id,
-            metrics=result.metrics,
-            log_ratios=result.log_ratios,
-            tokens=[self.tokenizer.convert_ids_to_tokens(s.response_ids) for s in batch.samples],
-        )
-        milestone = is_milestone(step, self.cfg)
-        self.learner.policy.eval()
-        save_checkpoint(
-            checkpoint_path(self.run_dir, step),
-            policy=self.policy,
-            tokenizer=self.tokenizer if milestone else None,
-            optimizer=self.learner.optimizer,
-            scheduler=self.learner.scheduler,
-            teacher=self.learner.teacher,
-            state={"step": step, "batch_id": batch.id, "outcome": asdict(outcome)},
+        outcome = train_step(self.plan, self.learner, self.tokenizer, batch, step)
+        state = {"batch_id": batch.id, "outcome": asdict(outcome)}
+        save_step(
+            self.plan,
+            self.run_dir,
+            step,
+            learner=self.learner,
+            tokenizer=self.tokenizer,
+            state=state,
         )
         self.step, self.last = step, outcome
-        self._prune()
+        prune_checkpoints(self.plan, self.run_dir, self.keep)
         return outcome
-
-    def _prune(self) -> None:
-        """Drop per-step checkpoints beyond the newest `keep`, except milestones."""
-        steps = sorted(int(p.name.split("-")[1]) for p in self.run_dir.glob("step-*") if p.is_dir())
-        for step in steps[: -self.keep]:
-            if not is_milestone(step, self.cfg):
-                shutil.rmtree(checkpoint_path(self.run_dir, step), ignore_errors=True)

@@ -29,7 +29,17 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from envs.base import EnvConfig, Operator, Score, Split, Task, Verdict, data_file, operator_of
+from envs.base import (
+    EnvConfig,
+    EnvironmentBase,
+    Operator,
+    Score,
+    Split,
+    Task,
+    Verdict,
+    data_file,
+    operator_of,
+)
 from envs.code.extract import extract_code
 from envs.code.judge import Outcome, clip, feedback_for, judge, program_for
 from envs.code.problems import generate
@@ -161,7 +171,7 @@ def _split(tasks: list[Task], eval_size: int, seed: int) -> dict[Split, list[Tas
     return {"eval": order[:eval_size], "train": order[eval_size:]}
 
 
-class CodeEnv:
+class CodeEnv(EnvironmentBase):
     """Python problems judged by tests in the sandbox."""
 
     name = "code"

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from envs.base import EnvConfig, Score, Split, Task, Verdict
+from envs.base import EnvConfig, EnvironmentBase, Score, Split, Task, Verdict
 from envs.tools.calls import (
     CLOSE,
     OPEN,
@@ -161,7 +161,7 @@ class Episode:
         return Score(verdict_score.reward, verdict_score.verdict, feedback, details)
 
 
-class ToolEnvironment:
+class ToolEnvironment(EnvironmentBase):
     """Base class of multi-turn tool environments (also an `envs.base.Environment`)."""
 
     multi_turn: ClassVar[bool] = True

@@ -279,46 +279,30 @@ def envs_try(
         str | None, typer.Option(help="cpu, cuda ... (default: cuda if present)")
     ] = None,
 ) -> None:
-    """Sample a few responses with a policy and show how the environment scores them."""
-    import asyncio
-
+    """Sample a few responses with a policy and show how the environment scores them
+    (the routine behind `POST /v1/environments/{name}/try`)."""
     from rich.table import Table
 
     from envs.registry import InvalidEnvConfig, UnknownEnvironment, make_env
-    from trainer.config import ContextConfig, SamplingConfig
-    from trainer.context import TeacherContextBuilder
+    from service.environments.service import try_environment
     from trainer.model import ModelNotFound, load_policy, pick_device
-    from trainer.rollout import score_all
-    from trainer.sampler import TransformersSampler
 
     try:
         env_config = json.loads(config) if config else {}
         env = make_env(name, env_config)
-        chosen = list(env.dataset("train"))[:tasks]
         policy, tokenizer = load_policy(model, device=pick_device(device))
     except json.JSONDecodeError as exc:
         raise fail(f"--config is not JSON: {exc}") from exc
     except (UnknownEnvironment, InvalidEnvConfig, ModelNotFound, ValueError) as exc:
         raise fail(str(exc)) from exc
-    builder = TeacherContextBuilder(tokenizer, ContextConfig())
-    sampler = TransformersSampler(policy, tokenizer)
-    prompts = [builder.student_prompt_ids(t.prompt) for t in chosen]
-    groups = sampler.sample(prompts, n, SamplingConfig(max_new_tokens=max_new_tokens))
-    flat_tasks = [t for t in chosen for _ in range(n)]
-    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for g in groups for c in g]
-
-    async def score():
-        try:
-            return await score_all(env, flat_tasks, texts)
-        finally:
-            if hasattr(env, "aclose"):
-                await env.aclose()
-
-    scores = asyncio.run(score())
-    table = Table(title=f"{name}: {len(chosen)} tasks x {n} responses from {model}")
+    tried = try_environment(
+        env, policy, tokenizer, tasks=tasks, samples_per_prompt=n, max_new_tokens=max_new_tokens
+    )
+    shown = len({t.task_id for t in tried})
+    table = Table(title=f"{name}: {shown} tasks x {n} responses from {model}")
     for column in ("task", "response", "reward", "verdict", "feedback"):
         table.add_column(column, overflow="fold")
-    for task, text, s in zip(flat_tasks, texts, scores, strict=True):
-        clipped = text if len(text) <= 200 else text[:200] + "..."
-        table.add_row(task.id, clipped, f"{s.reward:.2f}", str(s.verdict), s.feedback or "")
+    for t in tried:
+        clipped = t.response if len(t.response) <= 200 else t.response[:200] + "..."
+        table.add_row(t.task_id, clipped, f"{t.reward:.2f}", t.verdict, t.feedback or "")
     console.print(table)

@@ -265,9 +265,8 @@ def try_environment(
 
 
 async def close_env(env: EnvironmentImpl) -> None:
-    """Environments that hold resources (a sandbox) have `aclose`; the others need nothing."""
-    if hasattr(env, "aclose"):
-        await env.aclose()
+    """Release what the environment holds (a sandbox)."""
+    await env.aclose()
 
 
 def try_named(

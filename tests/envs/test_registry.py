@@ -29,6 +29,7 @@ from envs.registry import (
     BUILTIN,
     ENTRY_POINT_GROUP,
     InvalidEnvConfig,
+    NotAnEnvironment,
     UnknownEnvironment,
     available,
     config_schema,
@@ -225,9 +226,29 @@ def test_tool_environment_from_an_installed_package_plays_an_episode(echo_packag
     assert wrong.details["metrics"] == {"turns": 2, "tool_calls": 1, "tool_errors": 1}
 
 
-def test_environment_verdicts_extend_the_sandbox_verdicts():
+def test_environments_and_the_sandbox_share_one_verdict_type():
     from envs.base import Verdict as EnvVerdict
     from sandbox import Verdict as SandboxVerdict
 
-    assert {v.value for v in SandboxVerdict} <= {v.value for v in EnvVerdict}
-    assert {v.value for v in EnvVerdict} - {v.value for v in SandboxVerdict} == {"format_error"}
+    assert EnvVerdict is SandboxVerdict
+    assert "format_error" in {v.value for v in EnvVerdict}
+
+
+def test_a_class_lacking_part_of_the_environment_protocol_is_refused_with_what_it_lacks(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "opsd_bare_env.py").write_text(
+        "class BareEnv:\n"
+        "    name = 'bare'\n"
+        "    Config = None\n"
+        "    def dataset(self, split):\n"
+        "        return []\n"
+        "    async def score(self, task, response):\n"
+        "        return None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(BUILTIN, "bare", "opsd_bare_env:BareEnv")
+    with pytest.raises(NotAnEnvironment, match="lacks multi_turn, close, aclose") as refused:
+        make_env("bare")
+    assert "envs.base.EnvironmentBase" in str(refused.value)
+    assert isinstance(refused.value, UnknownEnvironment)  # a 404 / a clean CLI error

@@ -20,6 +20,7 @@ from tiny.pretrain import build_tokenizer
 from trainer.config import ContextConfig, RunConfig
 from trainer.context import TeacherContextBuilder
 from trainer.episodes import collect_episodes
+from trainer.run import RunPlan
 
 from ..trainer.episode_envs import CALL, EOS, TASKS, Scripted, ScriptSampler
 
@@ -69,7 +70,7 @@ async def test_a_step_of_episodes_records_episode_stats_metrics_and_env_token_sc
     driver = RunDriver(Orchestrator(repo, make_bus(None), settings), run.id, lease)
     driver.session = EpisodePolicy(cfg)
 
-    await driver._publish(cfg, 1, TASKS[:1])
+    await driver._publish(RunPlan(cfg), TASKS[:1], 1)  # step 1 samples the one task
 
     (pending,) = repo.untrained_batches(run.id)
     assert pending.stats["turns_mean"] == 1.5  # 2 turns and 1 turn

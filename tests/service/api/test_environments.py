@@ -123,6 +123,35 @@ def test_try_samples_and_scores_with_the_tiny_model(sqlite_client):
     assert len(response.json()["items"]) == 2 * 2
 
 
+def test_opsd_envs_try_and_the_try_endpoint_run_one_routine(sqlite_client, monkeypatch):
+    """Both go through `try_environment` (a recording wrapper around the real one, which
+    seeds torch's RNG first so that both sample alike) and answer the same responses."""
+    import torch
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    tried = []
+
+    def recording(*args, **kwargs):
+        torch.manual_seed(5)
+        tried.append(real(*args, **kwargs))
+        return tried[-1]
+
+    real = env_service.try_environment
+    monkeypatch.setattr(env_service, "try_environment", recording)
+    args = ["envs", "try", "arithmetic", "-n", "2", "--tasks", "2", "--max-new-tokens", "6"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    body = {"model": "tiny", "tasks": 2, "samples_per_prompt": 2, "max_new_tokens": 6}
+    response = sqlite_client.post("/v1/environments/arithmetic/try", json=body)
+    assert response.status_code == 200, response.text
+
+    assert len(tried) == 2  # the command, then the endpoint
+    assert [vars(t) for t in tried[0]] == [vars(t) for t in tried[1]]
+    assert response.json()["items"] == [vars(t) for t in tried[1]]
+
+
 def test_try_builds_a_code_environment_with_the_services_sandbox_settings(
     tmp_path, make_client, monkeypatch
 ):
