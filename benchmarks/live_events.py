@@ -3,7 +3,7 @@
 Five runs, each followed by one SSE stream (`service.runs.events.follow_run`, the
 generator behind /v1/runs/{id}/events, consumed in-process: the HTTP framing is the same
 for both ways of following). A producer records and publishes events the way the service
-does (`service.runtime.emit`): `--events` per run, `--gap-ms` apart, runs interleaved.
+does (`service.pipeline.runtime.emit`): `--events` per run, `--gap-ms` apart, runs interleaved.
 Each stream follows its run in one of two ways:
 
 - poll: read the record every `poll_s` (what SSE did before the bus announced events);
@@ -37,8 +37,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from service.bus import Bus, make_bus
+from service.pipeline.runtime import emit
 from service.runs.events import follow_run
-from service.runtime import emit
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade

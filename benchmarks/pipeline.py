@@ -35,11 +35,11 @@ from sqlalchemy.pool import NullPool
 from envs.registry import make_env
 from service.bus import make_bus
 from service.bus.codec import encode_batch
-from service.orchestrator import Orchestrator
+from service.pipeline.orchestrator import Orchestrator
+from service.pipeline.worker import TrainerWorker
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
-from service.worker import Worker
 from trainer.batch import Batch, Sample
 from trainer.config import RunConfig
 from trainer.rollout import Rollout
@@ -137,7 +137,7 @@ async def through_service(settings: Settings, cfg: RunConfig) -> float:
     bus = make_bus(settings.redis_url, settings.bus_prefix)
     env = repo.create_environment(f"arith-{uuid.uuid4().hex[:6]}", "arithmetic", {})
     orchestrator = Orchestrator(repo, bus, settings, open_policy=lambda c, d: ScriptedPolicy(c))
-    worker = Worker(repo, bus, settings, open_trainer=ScriptedTrainer)
+    worker = TrainerWorker(repo, bus, settings, open_trainer=ScriptedTrainer)
     await worker.start()
     await orchestrator.start()
     began = time.perf_counter()

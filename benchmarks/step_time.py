@@ -30,11 +30,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from trainer.loop import Session
+    from trainer.loop import RunPolicy
     from trainer.presets import preset
     from trainer.step import Learner
 
-    session = Session.open(preset("sdpo", {"model": args.model}))
+    session = RunPolicy.open(preset("sdpo", {"model": args.model}))
     tasks = list(session.env.dataset("train"))
     rng = random.Random(0)
     rollout_seconds, batches = [], []

@@ -4,7 +4,7 @@ Embedded mode (a SQLite URL): the database is migrated on start. Postgres is mig
 by `opsd db upgrade`, never by the app; /readyz reports a database behind the code.
 With `background=True` the orchestrator (and, when settings say so, an in-process
 trainer worker) run for the app's lifetime, in a child process by default
-(service.pipeline_process); tests that only exercise HTTP pass `background=False` so
+(service.pipeline.process); tests that only exercise HTTP pass `background=False` so
 that nothing trains.
 
     uvicorn --factory service.app:create_app     # OPSD_* settings, as `opsd serve`
@@ -44,7 +44,7 @@ from service.api.metrics import AppMetrics, MetricsMiddleware
 from service.bus import make_bus
 from service.environments.endpoints import router as environments_router
 from service.health import router as health_router
-from service.pipeline_process import PipelineProcess, start_pipeline
+from service.pipeline.process import PipelineProcess, start_pipeline
 from service.runs.endpoints import router as runs_router
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker

@@ -38,7 +38,7 @@ StepCallback = Callable[[dict], None]
 
 
 @dataclass
-class Session:
+class RunPolicy:
     """Everything a run holds in memory: the policy, its learner, sampler and environment."""
 
     cfg: RunConfig
@@ -59,7 +59,7 @@ class Session:
         sandbox: SandboxSettings | None = None,
         data_dir: Path | None = None,
         model_access: ModelAccess = UNRESTRICTED,
-    ) -> Session:
+    ) -> RunPolicy:
         """Load the environment and the policy; `train=False` for a sampling-only copy.
         The service passes its own `sandbox` settings and `data_dir` (where environments
         run code and find data files) and `model_access` (which models may be loaded)."""
@@ -123,7 +123,7 @@ class Session:
         """Release what the environment holds (a warm sandbox pool, for example)."""
         self.env.close()
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> RunPolicy:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -143,7 +143,7 @@ def train(
     out = Path(out_dir)
     metrics_path = out / "metrics.jsonl"
     plan = RunPlan(cfg)
-    with Session.open(cfg, device) as session:  # a bad environment or model: nothing written
+    with RunPolicy.open(cfg, device) as session:  # a bad environment or model: nothing written
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.model_dump_json(indent=2))
         train_tasks = list(session.env.dataset("train"))

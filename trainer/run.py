@@ -104,7 +104,7 @@ def open_policy(
 
 
 class PolicyCopy(Protocol):
-    """What samples and evaluates a run: trainer.loop.Session, or a scripted stand-in."""
+    """What samples and evaluates a run: trainer.loop.RunPolicy, or a scripted stand-in."""
 
     env: Any
 

@@ -3,7 +3,7 @@
 `RunTrainer` holds the policy being trained, its optimiser and teacher, and makes
 training exactly-once across crashes: every optimiser step is followed by a
 checkpoint that records the step number, the batch id and the step's outcome
-(metrics, per-token log-ratios). The caller (service.worker) writes the outcome to
+(metrics, per-token log-ratios). The caller (service.pipeline.worker) writes the outcome to
 the record and acknowledges the batch only after `train` returns, so:
 
 - a batch redelivered after the record was written is skipped by the record;

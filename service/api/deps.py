@@ -18,9 +18,9 @@ from service.settings import Settings
 from service.storage import Repository
 
 if TYPE_CHECKING:
-    from service.orchestrator import Orchestrator
-    from service.pipeline_process import PipelineProcess
-    from service.worker import Worker
+    from service.pipeline.orchestrator import Orchestrator
+    from service.pipeline.process import PipelineProcess
+    from service.pipeline.worker import TrainerWorker
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Services:
     repo: Repository
     bus: Bus
     orchestrator: Orchestrator | None = None  # None when the app was made without background
-    worker: Worker | None = None  # the in-process trainer (embedded mode)
+    worker: TrainerWorker | None = None  # the in-process trainer (embedded mode)
     pipeline: PipelineProcess | None = None  # both of the above, in a child process
     policies: PolicyCache = field(default_factory=PolicyCache)  # models loaded for `try`
     schema_head: str | None = None  # the Alembic head revision the code expects

@@ -121,12 +121,12 @@ def worker(
             "Without Redis, `opsd serve` trains in its own process and needs no worker."
         )
     from service.bus import make_bus
+    from service.pipeline.worker import TrainerWorker
     from service.storage import Repository, make_engine, make_sessionmaker
-    from service.worker import Worker
 
     configure_logging("info")
     if settings.torch_threads:
-        from service.pipeline_process import limit_torch_threads
+        from service.pipeline.process import limit_torch_threads
 
         limit_torch_threads(settings.torch_threads)
     engine = make_engine(settings.database_url)
@@ -143,7 +143,7 @@ def worker(
                 f"[bold]opsd worker[/bold]{name}: {where}; Ctrl-C or SIGTERM stops it",
                 soft_wrap=True,
             )
-            await run_until_signalled(Worker(repo, bus, settings, worker_id=worker_id).run())
+            await run_until_signalled(TrainerWorker(repo, bus, settings, worker_id=worker_id).run())
         finally:
             await bus.aclose()
 
@@ -164,7 +164,7 @@ async def run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
     "What survives which failure"). A second signal acts as usual (SIGINT raises
     KeyboardInterrupt, SIGTERM kills).
     """
-    from service.runtime import cancel_and_wait
+    from service.pipeline.runtime import cancel_and_wait
 
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(main)

@@ -16,6 +16,7 @@ from sse_starlette import EventSourceResponse
 
 from service.api.deps import BusDep, RepoDep, Services, ServicesDep, SettingsDep
 from service.api.errors import error_responses
+from service.pipeline.runtime import emit
 from service.runs import service
 from service.runs.events import follow_run
 from service.runs.schemas import (
@@ -31,7 +32,6 @@ from service.runs.schemas import (
     Trajectory,
     TrajectoryList,
 )
-from service.runtime import emit
 from service.storage import RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])

@@ -7,7 +7,7 @@ The stream ends once a terminal event (completed, failed, cancelled, stopped) is
 latest of the run, or once the run is in a terminal state and every event was sent.
 
 Following a live run, the bus says when to read the record again: whoever records an
-event also publishes it (`service.runtime.emit`), and the stream, subscribed before its
+event also publishes it (`service.pipeline.runtime.emit`), and the stream, subscribed before its
 first read, reads the record as soon as an event newer than what it sent is announced.
 The bus is fire and forget, so the record is also read every FALLBACK_POLLS polls
 (`poll_s` each) for what it missed; without a bus (or when it fails) every poll.

@@ -239,7 +239,7 @@ class Event(Base):
 
 
 class RunLease(Base):
-    """Which API replica drives a run (service.orchestrator), and until when.
+    """Which API replica drives a run (service.pipeline.orchestrator), and until when.
 
     `token` grows by one with every take and never goes back (a released lease keeps its
     row): a driver's writes check it in their own transaction (a fencing token), so a

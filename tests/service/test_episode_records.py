@@ -12,7 +12,7 @@ import pytest
 
 from service.bus import make_bus
 from service.bus.codec import decode_batch
-from service.orchestrator import Orchestrator, RunDriver
+from service.pipeline.orchestrator import Orchestrator, RunDriver
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
@@ -68,7 +68,7 @@ async def test_a_step_of_episodes_records_episode_stats_metrics_and_env_token_sc
     run = repo.create_run(env.id, cfg)
     lease = repo.take_lease(run.id, settings.replica_id, settings.claim_idle_s)
     driver = RunDriver(Orchestrator(repo, make_bus(None), settings), run.id, lease)
-    driver.session = EpisodePolicy(cfg)
+    driver.policy = EpisodePolicy(cfg)
 
     await driver._publish(RunPlan(cfg), TASKS[:1], 1)  # step 1 samples the one task
 

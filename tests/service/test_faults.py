@@ -39,12 +39,12 @@ from sqlalchemy import text
 from service.bus import make_bus
 from service.bus.codec import encode_batch
 from service.client import Client
-from service.runtime import TRAINERS, batch_id_for
+from service.pipeline.runtime import TRAINERS, batch_id_for
+from service.pipeline.worker import TrainerWorker
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
-from service.worker import Worker
-from trainer.loop import Session
+from trainer.loop import RunPolicy
 from trainer.presets import preset
 from trainer.worker import RunTrainer
 
@@ -531,7 +531,7 @@ def test_a_step_checkpointed_by_a_dead_worker_is_recorded_before_a_later_step_is
     repo = Repository(make_sessionmaker(engine))
     run_id = repo.create_run(repo.create_environment("arithmetic", "arithmetic", {}).id, cfg).id
     set_status(repo, run_id, RunStatus.running)
-    with Session.open(cfg, "cpu", train=False) as session:  # the orchestrator's two batches
+    with RunPolicy.open(cfg, "cpu", train=False) as session:  # the orchestrator's two batches
         tasks = list(session.env.dataset("train"))
         batches = []
         for step in (1, 2):
@@ -554,7 +554,7 @@ def test_a_step_checkpointed_by_a_dead_worker_is_recorded_before_a_later_step_is
         await bus.publish_batch(key, batches[0].id, encode_batch(batches[0]))
         assert await bus.read_batches(key, TRAINERS, "dead", count=1)  # held by the dead one
         await bus.publish_batch(key, batches[1].id, encode_batch(batches[1]))
-        worker = Worker(repo, bus, settings, worker_id="live")
+        worker = TrainerWorker(repo, bus, settings, worker_id="live")
         await worker.start()
         try:
             deadline = time.monotonic() + 30

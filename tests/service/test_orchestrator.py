@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sandbox import SandboxSettings
 from service.bus import make_bus
-from service.orchestrator import Orchestrator
+from service.pipeline.orchestrator import Orchestrator
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
 from trainer.presets import preset

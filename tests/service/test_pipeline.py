@@ -13,14 +13,14 @@ import pytest
 
 from service.bus import Bus, make_bus
 from service.bus.codec import decode_batch, encode_batch
-from service.orchestrator import Orchestrator
-from service.runtime import TRAINERS, batch_id_for
+from service.pipeline.orchestrator import Orchestrator
+from service.pipeline.runtime import TRAINERS, batch_id_for
+from service.pipeline.worker import TrainerWorker
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
-from service.worker import Worker
 from trainer.config import RunConfig
-from trainer.loop import Session
+from trainer.loop import RunPolicy
 from trainer.presets import preset
 from trainer.worker import RunTrainer
 
@@ -107,7 +107,7 @@ async def run_to_completion(stack: Stack, cfg: RunConfig, during=None) -> int:
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, cfg)
     orchestrator = Orchestrator(repo, stack.bus, stack.settings)
-    worker = Worker(repo, stack.bus, stack.settings)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
     await orchestrator.start()
     await worker.start()
     try:
@@ -164,7 +164,7 @@ async def test_a_redelivered_batch_is_skipped_not_trained_again(stack):
     row = repo.get_batch(run_id, batch_id_for(run_id, 2))
     await stack.bus.ensure_group(str(run_id), TRAINERS)
     await stack.bus.publish_batch(str(run_id), row.batch_id, row.payload)
-    worker = Worker(repo, stack.bus, stack.settings)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
     await worker.start()
     try:
 
@@ -188,7 +188,7 @@ async def test_a_step_checkpointed_but_not_recorded_is_recorded_from_the_checkpo
     set_status(repo, run.id, RunStatus.running)
 
     def sample():
-        with Session.open(cfg, train=False) as session:
+        with RunPolicy.open(cfg, train=False) as session:
             tasks = list(session.env.dataset("train"))[:PROMPTS]
             return session.rollout(tasks, policy_version=0)
 
@@ -206,7 +206,7 @@ async def test_a_step_checkpointed_but_not_recorded_is_recorded_from_the_checkpo
 
     await stack.bus.ensure_group(str(run.id), TRAINERS)
     await stack.bus.publish_batch(str(run.id), batch.id, encode_batch(batch))
-    worker = Worker(repo, stack.bus, settings)
+    worker = TrainerWorker(repo, stack.bus, settings)
     await worker.start()
     try:
         await until(lambda: repo.steps_done(run.id) == 1, 30)
@@ -237,7 +237,7 @@ async def test_a_run_just_started_is_not_reported_as_a_lost_stream(stack, caplog
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, config())
     set_status(repo, run.id, RunStatus.running)  # what the orchestrator does first
-    worker = Worker(repo, stack.bus, stack.settings)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
     await worker.start()
     try:
         await until(lambda: run.id in worker.held)  # it has read the run's stream
@@ -256,7 +256,7 @@ async def test_two_orchestrators_drive_a_run_once(stack):
     def counting(name: str):
         def open_policy(cfg, device):
             opened.append(name)
-            return Session.open(cfg, device, train=False)
+            return RunPolicy.open(cfg, device, train=False)
 
         return open_policy
 
@@ -269,7 +269,7 @@ async def test_two_orchestrators_drive_a_run_once(stack):
         )
         for name in ("a", "b")
     ]
-    worker = Worker(repo, stack.bus, stack.settings)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
     for orchestrator in orchestrators:
         await orchestrator.start()
     await worker.start()
@@ -298,7 +298,7 @@ async def test_a_run_whose_driver_restarts_samples_what_an_undisturbed_run_sampl
     undisturbed = await run_to_completion(stack, config())
 
     run_id = repo.create_run(repo.get_environment("arithmetic").id, config()).id
-    worker = Worker(repo, stack.bus, stack.settings)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
     await worker.start()
     try:
         first = Orchestrator(repo, stack.bus, stack.settings)

@@ -145,7 +145,7 @@ def test_a_crashed_pipeline_process_is_reported_and_restarted(server, caplog):
     client, services = server
     pipeline = services.pipeline
     until(lambda: ready(client)["status"] == "ready", "ready")
-    caplog.set_level(logging.WARNING, logger="service.pipeline_process")
+    caplog.set_level(logging.WARNING, logger="service.pipeline.process")
 
     first = pipeline.pid
     os.kill(first, signal.SIGKILL)

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from service.settings import Settings
-from trainer.loop import Session, train
+from trainer.loop import RunPolicy, train
 from trainer.presets import preset
 
 from .live import live_server
@@ -62,14 +62,14 @@ def trajectories_by_step(api, run_id: int) -> dict[int, list[tuple[str, str]]]:
 def offline(tmp_path, monkeypatch):
     """The offline run: its metrics.jsonl, and step -> (task id, response) sampled."""
     sampled: dict[int, list[tuple[str, str]]] = {}
-    rollout = Session.rollout
+    rollout = RunPolicy.rollout
 
     def recording(self, tasks, policy_version, seed=None):
         batch, rollouts = rollout(self, tasks, policy_version, seed)
         sampled[policy_version + 1] = [(r.task_id, r.response) for r in rollouts]
         return batch, rollouts
 
-    monkeypatch.setattr(Session, "rollout", recording)
+    monkeypatch.setattr(RunPolicy, "rollout", recording)
     overrides = {"model": "tiny", "env": "arithmetic", "env_config": ENV_CONFIG, "steps": STEPS}
     cfg = preset("sdpo", {**CONFIG, **overrides})
     out = tmp_path / "offline"

@@ -13,7 +13,7 @@ from envs.arithmetic import ArithmeticEnv
 from tiny.arithmetic import hinted_context
 from trainer.config import ContextConfig
 from trainer.context import TeacherContextBuilder
-from trainer.loop import Session
+from trainer.loop import RunPolicy
 from trainer.model import TINY_MODEL_DIR
 from trainer.presets import preset
 from trainer.rollout import greedy_accuracy
@@ -21,7 +21,7 @@ from trainer.rollout import greedy_accuracy
 
 @pytest.fixture(scope="module")
 def session():
-    return Session.open(preset("sdpo", {"model": "tiny"}))
+    return RunPolicy.open(preset("sdpo", {"model": "tiny"}))
 
 
 def test_tiny_model_loads_with_plain_transformers():

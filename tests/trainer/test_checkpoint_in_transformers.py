@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from envs.arithmetic import ArithmeticConfig, ArithmeticEnv
 from trainer.config import SamplingConfig
-from trainer.loop import Session, train
+from trainer.loop import RunPolicy, train
 from trainer.model import TINY_MODEL_DIR
 from trainer.presets import preset
 from trainer.rollout import run_async, score_all
@@ -73,7 +73,7 @@ def test_greedy_answers_in_plain_transformers_are_the_projects_evaluation(run, h
     answers = run_readme_snippet(checkpoint, [t.prompt for t in held_out])
 
     evaluated = cfg.model_copy(update={"model": str(checkpoint)})
-    with Session.open(evaluated, device="cpu", train=False) as session:
+    with RunPolicy.open(evaluated, device="cpu", train=False) as session:
         prompts = [session.builder.student_prompt_ids(t.prompt) for t in held_out]
         params = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens or 16)
         completions = session.sampler.sample(prompts, 1, params, greedy=True)
@@ -92,7 +92,7 @@ def test_greedy_answers_in_plain_transformers_are_the_projects_evaluation(run, h
 def test_the_checkpoint_tokenizer_encodes_a_prompt_as_training_did(run, held_out):
     _, _, checkpoint = run
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    with Session.open(preset("sdpo", {"model": str(checkpoint)}), device="cpu") as session:
+    with RunPolicy.open(preset("sdpo", {"model": str(checkpoint)}), device="cpu") as session:
         for task in held_out[:4]:
             ids = tokenizer(task.prompt)["input_ids"]
             assert ids == session.builder.student_prompt_ids(task.prompt)

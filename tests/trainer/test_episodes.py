@@ -30,7 +30,7 @@ from trainer.episodes import (
     greedy_episode_accuracy,
     shortest_prefix,
 )
-from trainer.loop import Session, train
+from trainer.loop import RunPolicy, train
 from trainer.model import load_policy
 from trainer.presets import preset
 from trainer.rollout import Rollout, budget_warning, episode_stats, run_async
@@ -328,7 +328,7 @@ def test_a_session_on_a_multi_turn_env_collects_and_evaluates_episodes(policy):
         {"prompts_per_step": 2, "samples_per_prompt": 2, "sampling": {"max_new_tokens": 128}},
     )
     env = Nudging(nudges=1)
-    session = Session(
+    session = RunPolicy(
         cfg=cfg,
         policy=model,
         tokenizer=tok,

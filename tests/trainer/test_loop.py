@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from trainer.checkpoint import checkpoint_path
-from trainer.loop import Session, train
+from trainer.loop import RunPolicy, train
 from trainer.presets import preset
 
 SAMPLES_PER_STEP = 2 * 4
@@ -122,7 +122,7 @@ def test_resuming_after_a_crash_drops_metrics_past_the_last_checkpoint(model_dir
 def test_rerunning_a_finished_run_keeps_its_summary(model_dir, tmp_path, monkeypatch):
     # Scripted evaluation (accuracy = steps trained / 10) so that final differs from base;
     # a rerun after the last checkpoint (e.g. a crash before summary.json) has no step left.
-    monkeypatch.setattr(Session, "evaluate", lambda self: self.learner.steps_done / 10)
+    monkeypatch.setattr(RunPolicy, "evaluate", lambda self: self.learner.steps_done / 10)
     first = train(config(model_dir, steps=3), tmp_path, device="cpu")
     again = train(config(model_dir, steps=3), tmp_path, device="cpu")
 

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from service.bus import make_bus
+from service.pipeline.runtime import emit
 from service.runs.events import follow_run
-from service.runtime import emit
 
 from .helpers import error_of, make_run, parse_sse
 

@@ -38,13 +38,13 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from service.bus import Bus, make_bus
-from service.runtime import cancel_and_wait
+from service.pipeline.runtime import cancel_and_wait
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
 
 if TYPE_CHECKING:
-    from service.orchestrator import Orchestrator
-    from service.worker import Worker
+    from service.pipeline.orchestrator import Orchestrator
+    from service.pipeline.worker import TrainerWorker
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,15 @@ FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0  # waits before restarting an exited 
 
 async def start_pipeline(
     stack: AsyncExitStack, repo: Repository, bus: Bus, settings: Settings
-) -> tuple[Orchestrator, Worker | None]:
+) -> tuple[Orchestrator, TrainerWorker | None]:
     """Start the orchestrator and, when the settings say so, the trainer worker on this
     event loop; `stack` closes them."""
-    from service.orchestrator import Orchestrator
-    from service.worker import Worker
+    from service.pipeline.orchestrator import Orchestrator
+    from service.pipeline.worker import TrainerWorker
 
     worker = None
     if settings.trains_in_process:  # the consumer first, so no batch waits for it
-        worker = Worker(repo, bus, settings)
+        worker = TrainerWorker(repo, bus, settings)
         await worker.start()
         stack.push_async_callback(worker.aclose)
     orchestrator = Orchestrator(repo, bus, settings)

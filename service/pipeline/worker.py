@@ -13,7 +13,7 @@ batch. What keeps the training effect exactly-once:
 - batches are trained in step order; a delivery that is ahead waits unacknowledged.
 A worker that dies holding batches loses nothing: another one claims them once they
 have been idle `claim_idle_s`. A stream that vanished (Redis flushed) is refilled from
-the record (service.runtime.republish_untrained).
+the record (service.pipeline.runtime.republish_untrained).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from functools import partial
 
 from service.bus import Bus, Delivery, LockLost, StreamLost
 from service.bus.codec import decode_batch
-from service.runtime import TRAINERS, cancel_and_wait, emit, republish_untrained
+from service.pipeline.runtime import TRAINERS, cancel_and_wait, emit, republish_untrained
 from service.settings import Settings
 from service.storage import NotFound, Repository, RunStatus
 from service.storage.models import PendingBatch
@@ -42,7 +42,7 @@ from trainer.worker import RunTrainer
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class TrainerWorker:
     def __init__(
         self,
         repo: Repository,

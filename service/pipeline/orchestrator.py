@@ -30,12 +30,18 @@ from typing import Any
 
 from service.bus import Bus
 from service.bus.codec import encode_batch
-from service.runtime import TRAINERS, batch_id_for, cancel_and_wait, emit, republish_untrained
+from service.pipeline.runtime import (
+    TRAINERS,
+    batch_id_for,
+    cancel_and_wait,
+    emit,
+    republish_untrained,
+)
 from service.settings import Settings
 from service.storage import Lease, LeaseLost, Repository, RunStatus
 from trainer.checkpoint import checkpoint_path, checkpoint_step, latest_checkpoint
 from trainer.config import RunConfig
-from trainer.loop import Session
+from trainer.loop import RunPolicy
 from trainer.run import PolicyCopy, RunPlan, sample_step
 
 log = logging.getLogger(__name__)
@@ -43,9 +49,9 @@ log = logging.getLogger(__name__)
 LOST_STREAM_CHECK_S = 1.0
 
 
-def open_session(cfg: RunConfig, device: str | None, *, settings: Settings) -> PolicyCopy:
-    """A sampling-only Session with the service's sandbox, environment data and models."""
-    return Session.open(
+def open_sampling_policy(cfg: RunConfig, device: str | None, *, settings: Settings) -> PolicyCopy:
+    """A sampling-only RunPolicy with the service's sandbox, environment data and models."""
+    return RunPolicy.open(
         cfg,
         device,
         train=False,
@@ -57,7 +63,7 @@ def open_session(cfg: RunConfig, device: str | None, *, settings: Settings) -> P
 
 class Orchestrator:
     """Drives every active run; `open_policy(cfg, device)` opens a run's policy copy
-    (default: `open_session` with the settings' sandbox and models; tests and benchmarks
+    (default: `open_sampling_policy` with the settings' sandbox and models; tests and benchmarks
     pass a scripted stand-in)."""
 
     def __init__(
@@ -68,7 +74,7 @@ class Orchestrator:
         open_policy: Callable[[RunConfig, str | None], PolicyCopy] | None = None,
     ) -> None:
         self.repo, self.bus, self.settings = repo, bus, settings
-        self.open_policy = open_policy or partial(open_session, settings=settings)
+        self.open_policy = open_policy or partial(open_sampling_policy, settings=settings)
         self.drivers: dict[int, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -167,7 +173,7 @@ class RunDriver:
         self.settings, self.open_policy = orchestrator.settings, orchestrator.open_policy
         self.run_id, self.key = run_id, str(run_id)
         self.run_dir = self.settings.run_dir(run_id)
-        self.session: PolicyCopy | None = None
+        self.policy: PolicyCopy | None = None
         self.version = 0  # the policy version loaded for sampling
         self.evaluated: set[int] | None = None  # steps with an evaluation in the record
         self.began = time.monotonic()
@@ -180,15 +186,15 @@ class RunDriver:
                 self.repo.transition, self.run_id, [RunStatus.queued], RunStatus.running
             )
             await emit(self.repo, self.bus, self.run_id, "started", {"steps": plan.cfg.steps})
-        self.session = await asyncio.to_thread(self.open_policy, plan.cfg, self.settings.device)
+        self.policy = await asyncio.to_thread(self.open_policy, plan.cfg, self.settings.device)
         try:
             await self._loop(plan)
         finally:
-            await asyncio.to_thread(self.session.close)
+            await asyncio.to_thread(self.policy.close)
 
     async def _loop(self, plan: RunPlan) -> None:
         cfg = plan.cfg
-        train_tasks = list(self.session.env.dataset("train"))
+        train_tasks = list(self.policy.env.dataset("train"))
         next_step = await asyncio.to_thread(self.repo.last_batch_step, self.run_id) + 1
         await self.bus.ensure_group(self.key, TRAINERS)
         if next_step > 1:
@@ -227,7 +233,7 @@ class RunDriver:
     async def _load(self, path, step: int) -> None:
         for attempt in range(3):  # the worker may prune a checkpoint while we read it
             try:
-                await asyncio.to_thread(self.session.load_weights, path)
+                await asyncio.to_thread(self.policy.load_weights, path)
                 self.version = step
                 return
             except (FileNotFoundError, OSError):
@@ -240,7 +246,7 @@ class RunDriver:
         # The plan's tasks and draws: a step sampled again after a restart, with the same
         # policy version, gets the same responses (and `opsd train` samples the same).
         sampled = await asyncio.to_thread(
-            sample_step, plan, self.session, train_tasks, step, self.version
+            sample_step, plan, self.policy, train_tasks, step, self.version
         )
         batch, rollouts, stats = sampled.batch, sampled.rollouts, sampled.stats
         batch.id = batch_id_for(self.run_id, step)
@@ -283,7 +289,7 @@ class RunDriver:
                 continue
             if step != self.version:
                 await self._load(checkpoint_path(self.run_dir, step), step)
-            accuracy = await asyncio.to_thread(self.session.evaluate)
+            accuracy = await asyncio.to_thread(self.policy.evaluate)
             await asyncio.to_thread(
                 self.repo.add_evaluation, self.run_id, step, accuracy, self.lease
             )
