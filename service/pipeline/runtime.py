@@ -53,9 +53,7 @@ async def republish_untrained(repo: Repository, bus: Bus, run_id: int) -> int:
     for row in pending:
         await bus.publish_batch(str(run_id), row.batch_id, row.payload)
     if pending:
-        log.warning(
-            "run %d: re-published %d untrained batches from the record", run_id, len(pending)
-        )
+        log.info("run %d: re-published %d untrained batches from the record", run_id, len(pending))
     return len(pending)
 
 

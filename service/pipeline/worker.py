@@ -122,7 +122,10 @@ class TrainerWorker:
                 # A run whose first batch is not recorded yet had no stream to lose: the
                 # orchestrator is still loading its policy, and this created the group.
                 if await asyncio.to_thread(self.repo.last_batch_step, run_id):
-                    log.warning("run %d: its batch stream was lost (Redis flushed?)", run_id)
+                    if self.settings.redis_url is None:  # a new in-process bus: a restart
+                        log.info("run %d: its untrained batches go on the new bus", run_id)
+                    else:
+                        log.warning("run %d: its batch stream was lost (Redis flushed?)", run_id)
                     await republish_untrained(self.repo, self.bus, run_id)
             else:  # the orchestrator deleted the stream of a finished run under our read
                 await self.bus.delete_run(key)

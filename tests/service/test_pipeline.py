@@ -5,6 +5,7 @@ database and real Redis streams. Every count is checked in the record.
 """
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -244,6 +245,31 @@ async def test_a_run_just_started_is_not_reported_as_a_lost_stream(stack, caplog
     finally:
         await worker.aclose()
     assert "stream was lost" not in caplog.text
+
+
+async def test_a_restart_without_redis_republishes_untrained_batches_without_a_warning(
+    stack, caplog
+):
+    """Embedded, the bus lives in the process: after a restart it is new, and a recorded,
+    untrained batch goes on it again as a matter of course, not as a loss."""
+    if stack.prefix is not None:
+        pytest.skip("with Redis a missing stream is a loss, and is reported")
+    repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    run = repo.create_run(env.id, config())
+    set_status(repo, run.id, RunStatus.running)
+    batch_id = batch_id_for(run.id, 1)
+    repo.add_batch(run.id, 1, batch_id, 0, b"batch", [], {})
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
+    with caplog.at_level(logging.INFO):
+        await worker.start()
+        try:
+            await until(lambda: run.id in worker.held)  # it has read the new stream
+        finally:
+            await worker.aclose()
+    assert "untrained batches go on the new bus" in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [m for m in warnings if "lost" in m or "re-published" in m] == []
 
 
 async def test_two_orchestrators_drive_a_run_once(stack):
