@@ -1,5 +1,6 @@
-"""A real uvicorn server (in a thread) serving `create_app(settings, background=True)`, so
-the orchestrator and the trainer worker run inside it, with a `Client` on the other end."""
+"""A real uvicorn server in a thread, on a loopback port the OS picked: `LiveServer` for
+tests that drive the API over HTTP, `live_server` for a whole service (orchestrator and
+trainer worker running) with a `Client` on the other end."""
 
 from __future__ import annotations
 
@@ -16,31 +17,44 @@ from service.client import Client
 from service.settings import Settings
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class LiveServer:
+    """uvicorn serving `create_app(settings, background=...)` until the `with` ends."""
+
+    def __init__(self, settings: Settings, *, background: bool = False) -> None:
+        self.settings = settings
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, background=background)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="uvicorn", daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive(), "the server did not start"
+            assert time.monotonic() < deadline, "the server did not start within 60s"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+        assert not self.thread.is_alive(), "the server did not shut down"
 
 
 @contextmanager
 def live_server(settings: Settings) -> Iterator[Client]:
-    """A Client talking to a live server; the server stops (its lifespan closes) on exit."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, background=True), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        assert time.monotonic() < deadline, "the server did not start within 60s"
-        time.sleep(0.02)
-    try:
-        with Client(f"http://127.0.0.1:{port}", timeout=30.0) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the server did not shut down"
+    """A Client talking to a live, training server; the server stops (its lifespan
+    closes) on exit."""
+    with (
+        LiveServer(settings, background=True) as server,
+        Client(server.url, timeout=30.0) as client,
+    ):
+        yield client

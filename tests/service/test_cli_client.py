@@ -24,7 +24,6 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, inspect
 from typer.testing import CliRunner
 
-from service.app import create_app
 from service.cli import app
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
@@ -32,6 +31,7 @@ from service.storage import models as orm
 from service.storage.migrate import upgrade
 
 from .conftest import REDIS_URL, delete_prefix
+from .live import LiveServer
 from .records import set_status
 
 runner = CliRunner()
@@ -52,33 +52,12 @@ def lines_of(process: subprocess.Popen) -> queue.Queue:
     return lines
 
 
-class Server:
-    """uvicorn serving create_app(settings) in a thread, on a port the OS picked."""
+class Server(LiveServer):
+    """A migrated database behind a live server that trains nothing."""
 
     def __init__(self, settings: Settings) -> None:
         upgrade(settings.database_url)
-        self.settings = settings
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            create_app(settings, background=False), log_level="warning", lifespan="on"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
+        super().__init__(settings)
 
     def repo(self) -> Repository:
         return Repository(make_sessionmaker(make_engine(self.settings.database_url)))

@@ -14,18 +14,16 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from service.api.auth import InsecureBind
 from service.app import create_app
 from service.client import ApiError, Client
 from service.settings import Settings
 
+from ..live import LiveServer
 from .helpers import error_of
 
 TOKEN = "s3cret-token"
@@ -45,46 +43,21 @@ def small(sqlite_settings) -> Settings:
     return sqlite_settings.model_copy(update={"max_body_bytes": LIMIT})
 
 
-class LiveServer:
-    """uvicorn serving create_app(settings) on a free loopback port, in a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.app = create_app(settings, background=False)
-        config = uvicorn.Config(self.app, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-    def exchange(self, head: str, *chunks: bytes) -> tuple[int, dict]:
-        """Send a request head and body bytes, then read the answer while the connection
-        stays open (a server that waits for the rest of the body times the test out)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as conn:
-            conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
-            for chunk in chunks:
-                conn.sendall(chunk)
-            received = b""
-            while b"\r\n\r\n" not in received:
-                received += conn.recv(65536) or pytest.fail(f"connection closed: {received!r}")
-            header, _, body = received.partition(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length: *(\d+)", header).group(1))
-            while len(body) < length:
-                body += conn.recv(65536) or pytest.fail("connection closed mid-body")
-        return int(header.split()[1]), json.loads(body)
+def exchange(server: LiveServer, head: str, *chunks: bytes) -> tuple[int, dict]:
+    """Send a request head and body bytes, then read the answer while the connection
+    stays open (a server that waits for the rest of the body times the test out)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        for chunk in chunks:
+            conn.sendall(chunk)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += conn.recv(65536) or pytest.fail(f"connection closed: {received!r}")
+        header, _, body = received.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", header).group(1))
+        while len(body) < length:
+            body += conn.recv(65536) or pytest.fail("connection closed mid-body")
+    return int(header.split()[1]), json.loads(body)
 
 
 @pytest.fixture
@@ -111,10 +84,11 @@ def test_a_body_over_the_limit_is_a_413_in_the_error_format(small, make_client):
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_any_body_byte(live):
-    status, body = live.exchange(
+    status, body = exchange(
+        live,
         "POST /v1/runs HTTP/1.1\nHost: localhost\n"
         f"Authorization: Bearer {TOKEN}\nContent-Type: application/json\n"
-        "Content-Length: 52428800\n"
+        "Content-Length: 52428800\n",
     )
     assert status == 413
     assert body["error"]["code"] == "content_too_large"
@@ -127,7 +101,7 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit_not_at_its_end(live)
         "Transfer-Encoding: chunked\n"
     )
     # Over the limit, and never finished: no terminating zero-length chunk.
-    status, body = live.exchange(head, chunk(b'{"environment": "'), *[chunk(b"x" * 1024)] * 8)
+    status, body = exchange(live, head, chunk(b'{"environment": "'), *[chunk(b"x" * 1024)] * 8)
     assert status == 413
     assert body["error"]["details"] == {"limit_bytes": LIMIT}
 
@@ -139,15 +113,16 @@ def test_a_chunked_body_under_the_limit_is_served(live):
         "Transfer-Encoding: chunked\nConnection: close\n"
     )
     payload = json.dumps(NEW_ENV).encode()
-    status, body = live.exchange(head, chunk(payload[:10]), chunk(payload[10:]), b"0\r\n\r\n")
+    status, body = exchange(live, head, chunk(payload[:10]), chunk(payload[10:]), b"0\r\n\r\n")
     assert status == 201, body
     assert body["name"] == "arith-small"
 
 
 def test_without_the_token_the_answer_is_a_401_before_the_body_is_read(live):
-    status, body = live.exchange(
+    status, body = exchange(
+        live,
         "POST /v1/runs HTTP/1.1\nHost: localhost\nContent-Type: application/json\n"
-        "Content-Length: 1000\n"
+        "Content-Length: 1000\n",
     )
     assert status == 401
     assert body["error"]["code"] == "unauthorized"
