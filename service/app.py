@@ -44,7 +44,8 @@ from service.api.metrics import AppMetrics, MetricsMiddleware
 from service.bus import make_bus
 from service.environments.endpoints import router as environments_router
 from service.health import router as health_router
-from service.pipeline.process import PipelineProcess, start_pipeline
+from service.pipeline.process import PipelineProcess, lower_priority, start_pipeline
+from service.runs.cache import ReadCache
 from service.runs.endpoints import router as runs_router
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
@@ -94,9 +95,11 @@ async def open_services(settings: Settings, *, background: bool) -> AsyncIterato
             repo=Repository(make_sessionmaker(engine)),
             bus=bus,
             schema_head=schema_head(url),
+            reads=ReadCache(settings.read_cache_entries),
         )
         if background and settings.pipeline_process:  # in a child process (pipeline_process)
             services.pipeline = await stack.enter_async_context(PipelineProcess(settings, bus))
+            lower_priority(settings.api_niceness)  # requests yield to the pipeline's work
         elif background:
             services.orchestrator, services.worker = await start_pipeline(
                 stack, services.repo, bus, settings

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         "that request handling and the pipeline do not share one interpreter; False keeps "
         "them in the API process",
     )
+    api_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how far the API process lowers its CPU priority (nice) once the pipeline "
+        "runs in its own process, so that request handling yields to sampling and training",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -65,6 +72,12 @@ class Settings(BaseSettings):
         description="CPU threads torch may use in the pipeline process and the worker; default: "
         "all cores but one in the pipeline process (the API keeps one to answer requests), "
         "torch's own default in a worker of its own",
+    )
+    read_cache_entries: int = Field(
+        512,
+        ge=0,
+        le=100_000,
+        description="answers to run reads the API keeps until the run changes (0: none)",
     )
     bus_prefix: str = Field("opsd", description="key prefix of everything on the bus")
     checkpoint_keep: int = Field(

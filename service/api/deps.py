@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from service.bus import Bus
 from service.environments.service import PolicyCache
+from service.runs.cache import ReadCache
 from service.settings import Settings
 from service.storage import Repository
 
@@ -35,6 +36,7 @@ class Services:
     worker: TrainerWorker | None = None  # the in-process trainer (embedded mode)
     pipeline: PipelineProcess | None = None  # both of the above, in a child process
     policies: PolicyCache = field(default_factory=PolicyCache)  # models loaded for `try`
+    reads: ReadCache = field(default_factory=ReadCache)  # answers to run reads, per version
     schema_head: str | None = None  # the Alembic head revision the code expects
 
     def wake_orchestrator(self) -> None:
@@ -61,7 +63,12 @@ def get_bus(request: Request) -> Bus:
     return get_services(request).bus
 
 
+def get_reads(request: Request) -> ReadCache:
+    return get_services(request).reads
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepoDep = Annotated[Repository, Depends(get_repo)]
 BusDep = Annotated[Bus, Depends(get_bus)]
+ReadsDep = Annotated[ReadCache, Depends(get_reads)]

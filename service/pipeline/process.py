@@ -19,6 +19,12 @@ Two one-way pipes join them:
 A pipeline process that exits is logged and restarted with a backoff; /readyz is not
 ready until it is back.
 
+Training comes first: once the child runs, the API lowers its own CPU priority
+(`Settings.api_niceness`), so that readers hammering the API take the cores training
+leaves idle, not training's. On Linux a nice value belongs to a thread and is inherited
+by the threads and processes it starts, so the child is always started from a thread
+made before the API lowered its priority (`_spawner`).
+
 `Settings.pipeline_process = False` keeps everything in the API process (`start_pipeline`).
 """
 
@@ -31,6 +37,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, suppress
 from importlib import import_module
 from multiprocessing.connection import Connection, wait
@@ -74,6 +81,12 @@ async def start_pipeline(
     return orchestrator, worker
 
 
+def lower_priority(niceness: int) -> int:
+    """Make the calling thread, and the threads it starts from now on, `niceness` nicer
+    (lower priority); the nice value it has now."""
+    return os.nice(niceness)
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "an unknown status"
@@ -99,6 +112,9 @@ class PipelineProcess:
         self._stopping = False
         self._restart_at: float | None = None
         self._background: set[asyncio.Task] = set()
+        # made now, at the caller's priority, which every pipeline process it starts gets
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="pipeline spawner")
+        self._spawner.submit(int).result()
 
     async def __aenter__(self) -> PipelineProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name="pipeline process")
@@ -143,6 +159,7 @@ class PipelineProcess:
             await cancel_and_wait(self._supervisor)
         for task in list(self._background):
             await cancel_and_wait(task)
+        self._spawner.shutdown(wait=False)
 
     def _send(self, message: bytes) -> None:
         if self._writer is None:
@@ -183,7 +200,8 @@ class PipelineProcess:
             name="opsd-pipeline",
             daemon=True,
         )
-        process.start()  # (not in a thread: a cancellation cannot lose a started process)
+        # Waited for right here, not awaited: a cancellation cannot lose a started process.
+        self._spawner.submit(process.start).result()
         wake_reader.close()  # only the child holds these now: its death is our end of file,
         report_writer.close()  # ours is its end of file on the wake pipe
         os.set_blocking(wake_writer.fileno(), False)

@@ -2,22 +2,26 @@
 
 Repository calls block (SQLAlchemy sessions), so plain `def` routes run in the
 threadpool; routes that also touch the bus or the orchestrator are `async` and move
-the repository call off the event loop themselves.
+the repository call off the event loop themselves. Reads answer from `ReadCache` while
+the run has not changed (service.runs.cache).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Annotated
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from service.api.deps import BusDep, RepoDep, Services, ServicesDep, SettingsDep
+from service.api.deps import BusDep, ReadsDep, RepoDep, Services, ServicesDep, SettingsDep
 from service.api.errors import error_responses
 from service.pipeline.runtime import emit
 from service.runs import service
+from service.runs.cache import ReadCache
 from service.runs.events import follow_run
 from service.runs.schemas import (
     MAX_INT32,
@@ -32,7 +36,7 @@ from service.runs.schemas import (
     Trajectory,
     TrajectoryList,
 )
-from service.storage import RunStatus
+from service.storage import Repository, RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -59,6 +63,22 @@ SSE_EVENT_SCHEMA = {
 CONTROL_ERRORS = error_responses(401, 404, 409, 422)
 
 
+def cached(
+    reads: ReadCache, repo: Repository, run_id: int | None, key: Hashable, build: Callable
+) -> Response:
+    """`build()` (a model, or plain data) as JSON, or the same answer kept from an
+    earlier call while the run (None: the run list) has not changed since."""
+
+    def body() -> bytes:
+        answer = build()
+        if isinstance(answer, BaseModel):
+            return answer.model_dump_json().encode()
+        return JSONResponse(answer).body
+
+    version = repo.read_version(run_id)
+    return Response(reads.get(key, version, body), media_type="application/json")
+
+
 @router.post("", status_code=201, response_model=Run, responses=error_responses(400, 401, 422))
 async def create_run(body: RunCreate, services: ServicesDep) -> Run:
     """Queue a training run on an environment (a kind is registered on first use).
@@ -73,18 +93,20 @@ async def create_run(body: RunCreate, services: ServicesDep) -> Run:
 @router.get("", response_model=RunList, responses=error_responses(400, 422))
 def list_runs(
     repo: RepoDep,
+    reads: ReadsDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     status: Annotated[RunStatus | None, Query(description="only runs in this state")] = None,
-) -> RunList:
+) -> Response:
     """Runs, newest first, a page at a time; each without its configuration (see
     `GET /v1/runs/{run_id}`)."""
-    return service.list_runs(repo, limit, cursor, status)
+    key = ("runs", limit, cursor, status)
+    return cached(reads, repo, None, key, lambda: service.list_runs(repo, limit, cursor, status))
 
 
 @router.get("/{run_id}", response_model=Run, responses=READ_ERRORS)
-def get_run(run_id: RunId, repo: RepoDep) -> Run:
-    return service.get_run(repo, run_id)
+def get_run(run_id: RunId, repo: RepoDep, reads: ReadsDep) -> Response:
+    return cached(reads, repo, run_id, ("run", run_id), lambda: service.get_run(repo, run_id))
 
 
 EVENT_OF = {"stop": "stopped", "resume": "resumed", "cancel": "cancelled"}
@@ -119,6 +141,7 @@ async def cancel_run(run_id: RunId, services: ServicesDep) -> Run:
 def run_metrics(
     run_id: RunId,
     repo: RepoDep,
+    reads: ReadsDep,
     points: Annotated[
         int,
         Query(
@@ -132,7 +155,10 @@ def run_metrics(
     """Per-step training metrics and held-out accuracy (`eval_accuracy`)."""
     # Serialised directly: the series are plain numbers the repository already checked,
     # and validating every point again costs more than the query (a dashboard polls this).
-    return JSONResponse({"series": service.metrics(repo, run_id, points)})
+    key = ("metrics", run_id, points)
+    return cached(
+        reads, repo, run_id, key, lambda: {"series": service.metrics(repo, run_id, points)}
+    )
 
 
 @router.get(
@@ -143,13 +169,21 @@ def run_metrics(
 def list_trajectories(
     run_id: RunId,
     repo: RepoDep,
+    reads: ReadsDep,
     step: Annotated[int | None, Query(ge=0, le=MAX_INT32)] = None,
     verdict: Annotated[str | None, Query(max_length=32, examples=["wrong_answer"])] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> TrajectoryList:
+) -> Response:
     """Scored responses in the order they were written (step, task, sample)."""
-    return service.list_trajectories(repo, run_id, step, verdict, limit, cursor)
+    key = ("trajectories", run_id, step, verdict, limit, cursor)
+    return cached(
+        reads,
+        repo,
+        run_id,
+        key,
+        lambda: service.list_trajectories(repo, run_id, step, verdict, limit, cursor),
+    )
 
 
 @router.get(
@@ -159,14 +193,19 @@ def get_trajectory(
     run_id: RunId,
     trajectory_id: Annotated[int, Path(ge=1, le=MAX_INT64)],
     repo: RepoDep,
-) -> Trajectory:
+    reads: ReadsDep,
+) -> Response:
     """One trajectory with its per-token teacher-student log-ratios (null until trained)."""
-    return service.get_trajectory(repo, run_id, trajectory_id)
+    key = ("trajectory", run_id, trajectory_id)
+    return cached(
+        reads, repo, run_id, key, lambda: service.get_trajectory(repo, run_id, trajectory_id)
+    )
 
 
 @router.get("/{run_id}/checkpoints", response_model=CheckpointList, responses=READ_ERRORS)
-def list_checkpoints(run_id: RunId, repo: RepoDep) -> CheckpointList:
-    return service.checkpoints(repo, run_id)
+def list_checkpoints(run_id: RunId, repo: RepoDep, reads: ReadsDep) -> Response:
+    key = ("checkpoints", run_id)
+    return cached(reads, repo, run_id, key, lambda: service.checkpoints(repo, run_id))
 
 
 @router.get("/{run_id}/feedback", response_model=FeedbackList, responses=READ_ERRORS)

@@ -483,6 +483,21 @@ class Repository:
             s.add(event)
         return event
 
+    def read_version(self, run_id: int | None = None) -> tuple[int, int]:
+        """Changes whenever what a reader sees of the run (None: of the run list) changes:
+        `(newest run id, newest event id)` of the run or of all runs, 0 for none. Every
+        change to a run is followed by one of its events (service.runs.cache)."""
+        newest_event = select(func.max(Event.id))
+        newest_run = select(func.max(Run.id))
+        if run_id is not None:
+            newest_event = newest_event.where(Event.run_id == run_id)
+            newest_run = newest_run.where(Run.id == run_id)
+        with self.sessions() as s:
+            run, event = s.execute(
+                select(newest_run.scalar_subquery(), newest_event.scalar_subquery())
+            ).one()
+        return run or 0, event or 0
+
     def events_after(self, run_id: int | None, after_id: int = 0, limit: int = 1000) -> list[Event]:
         """Events with id > after_id, oldest first; run_id None means every run's and global."""
         query = select(Event).where(Event.id > after_id)

@@ -167,6 +167,22 @@ def test_a_crashed_pipeline_process_is_reported_and_restarted(server, caplog):
     assert [e.kind for e in client.events(start_run(client, steps=1))][-1] == "completed"
 
 
+def test_the_api_yields_the_cpu_to_its_pipeline_process_also_after_a_restart(server):
+    """Request handling runs 10 nicer (OPSD_API_NICENESS) than the pipeline, whose
+    processes, restarted ones too, keep the priority the API started with."""
+    client, services = server
+    pipeline = services.pipeline
+    started_with = os.getpriority(os.PRIO_PROCESS, 0)  # the uvicorn thread was made here
+    api = next(t for t in threading.enumerate() if t.name == "uvicorn")
+    assert os.getpriority(os.PRIO_PROCESS, api.native_id) == min(started_with + 10, 19)
+    assert os.getpriority(os.PRIO_PROCESS, pipeline.pid) == started_with
+
+    first = pipeline.pid
+    os.kill(first, signal.SIGKILL)
+    until(lambda: pipeline.pid != first and ready(client)["status"] == "ready", "restarted")
+    assert os.getpriority(os.PRIO_PROCESS, pipeline.pid) == started_with
+
+
 def test_killing_the_api_process_ends_its_pipeline_process(tmp_path):
     port = free_port()
     env = {

@@ -297,3 +297,47 @@ def test_feedback_is_the_newest_items_of_the_live_stream(client, repo, run_async
     items = client.get(f"/v1/runs/{run.id}/feedback", params={"count": 2}).json()["items"]
     assert [i["task_id"] for i in items] == ["t3", "t4"]
     assert len(client.get(f"/v1/runs/{run.id}/feedback").json()["items"]) == 5
+
+
+def test_reads_are_answered_from_what_was_kept_until_the_run_has_a_new_event(client, repo):
+    """Every change to a run is followed by one of its events: until then a read is
+    answered from the answer kept (nothing is queried but the version); after it, the
+    change shows on every read."""
+    reads = client.app.state.services.reads
+    run = make_run(repo)
+    record_step(repo, run.id, 1, ["ok", "wrong_answer"])
+    paths = [f"/v1/runs/{run.id}", f"/v1/runs/{run.id}/metrics", "/v1/runs"]
+    paths += [f"/v1/runs/{run.id}/trajectories", f"/v1/runs/{run.id}/checkpoints"]
+    first = {path: client.get(path).json() for path in paths}
+    hits = reads.hits
+    assert {path: client.get(path).json() for path in paths} == first
+    assert reads.hits == hits + len(paths)
+
+    record_step(repo, run.id, 2, ["ok", "ok"])  # as a worker does, then its event
+    repo.add_checkpoint(run.id, 2, "/ckpt/2")
+    assert client.get(f"/v1/runs/{run.id}").json()["steps_done"] == 1  # kept: no event yet
+    repo.add_event(run.id, "step", {"step": 2})
+    now = {path: client.get(path).json() for path in paths}
+    assert now[f"/v1/runs/{run.id}"]["steps_done"] == 2
+    assert now[f"/v1/runs/{run.id}/metrics"]["series"]["reward_mean"] == [[1, 0.5], [2, 1.0]]
+    assert now["/v1/runs"]["items"][0]["steps_done"] == 2
+    assert len(now[f"/v1/runs/{run.id}/trajectories"]["items"]) == 4
+    assert [c["step"] for c in now[f"/v1/runs/{run.id}/checkpoints"]["items"]] == [2]
+
+
+def test_a_new_run_and_another_runs_event_change_the_run_list(client, repo):
+    first = make_run(repo)
+    assert [r["id"] for r in client.get("/v1/runs").json()["items"]] == [first.id]
+    second = make_run(repo)  # a new run has no event yet: its id is part of the version
+    assert [r["id"] for r in client.get("/v1/runs").json()["items"]] == [second.id, first.id]
+    set_status(repo, first.id, "running")
+    repo.add_event(first.id, "started", {})
+    assert client.get("/v1/runs").json()["items"][1]["status"] == "running"
+    assert client.get(f"/v1/runs/{second.id}").json()["status"] == "queued"
+
+
+def test_a_failed_read_keeps_nothing(client):
+    reads = client.app.state.services.reads
+    assert client.get("/v1/runs/99").status_code == 404
+    assert client.get("/v1/runs", params={"cursor": "not-a-cursor"}).status_code == 400
+    assert len(reads) == 0
