@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from trainer.compat import cache_kwargs, output_cache
 from trainer.sampler import left_pad
 
 
@@ -133,7 +134,7 @@ def cached_prefix_logits(
     for i, r in enumerate(responses):
         response_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         response_mask[i, : len(r)] = 1
-    cache = encoded.cache
+    cache = output_cache(encoded)
     cache.batch_select_indices(index)  # [U, ...] -> [B, ...]
     lengths = prompt_mask.sum(-1)[index]  # [B]
     response_pos = lengths.unsqueeze(-1) + torch.arange(width, device=device)  # [B, T]
@@ -142,7 +143,7 @@ def cached_prefix_logits(
         input_ids=response_ids[:, :-1],
         attention_mask=attention[:, :-1],
         position_ids=response_pos[:, :-1],
-        cache=cache,
+        **cache_kwargs(cache),
         use_cache=False,
     )
     return torch.cat([first_logits, continued.logits], dim=1)  # [B, T, V]
