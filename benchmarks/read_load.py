@@ -309,7 +309,9 @@ async def sse(client, run_id, deadline, tally) -> None:
 
 
 async def load(svc: Service, run_id: int, args) -> tuple[Tally, float]:
-    limits = httpx.Limits(max_connections=args.readers + args.streams + 4)
+    # every reader keeps its connection, as a browser tab would (httpx keeps 20 by default)
+    connections = args.readers + args.streams + 4
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     timeout = httpx.Timeout(30.0, read=None)
     async with httpx.AsyncClient(base_url=svc.url, limits=limits, timeout=timeout) as client:
         page = (await client.get(f"/v1/runs/{run_id}/trajectories", params={"limit": 200})).json()
