@@ -150,11 +150,38 @@ class ContextConfig(_Config):
         return template
 
 
+class VLLMConfig(_Config):
+    """The in-process vLLM engine of `sampling.backend: vllm` (trainer/vllm_sampler.py)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=0.95, description="share of accelerator memory (on CPU: of RAM) it reserves"
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        le=1 << 40,
+        description="the KV cache's size, which then replaces gpu_memory_utilization",
+    )
+    enforce_eager: bool = Field(True, description="no graph capture or compilation (fast start)")
+    max_model_len: int | None = Field(
+        None, ge=16, le=2 * MAX_TOKENS, description="prompt + response tokens; default: the model's"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="the engine's weights (float32: log-probs match the trainer's)"
+    )
+
+
 class SamplingConfig(_Config):
     temperature: float = Field(1.0, gt=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1.0)
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables top-k filtering")
     max_new_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="what generates: transformers' `generate` on the policy itself, or an "
+        "in-process vLLM engine that the policy's weights are pushed to after every change",
+    )
+    vllm: VLLMConfig = VLLMConfig()
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]

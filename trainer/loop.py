@@ -27,9 +27,10 @@ from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
 from trainer.episodes import collect_episodes, greedy_episode_accuracy
 from trainer.model import UNRESTRICTED, ModelAccess
+from trainer.model_names import resolve_model
 from trainer.rollout import collect, greedy_accuracy
 from trainer.run import RunPlan, load_step, open_policy, sample_step, save_step, train_step
-from trainer.sampler import TransformersSampler
+from trainer.sampler import Sampler, TransformersSampler
 from trainer.step import Learner
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ class RunPolicy:
     tokenizer: object
     env: Environment
     builder: TeacherContextBuilder
-    sampler: TransformersSampler
+    sampler: Sampler
     learner: Learner | None
+    loads: int = 0  # checkpoints loaded into the policy (the sampler must see them)
+    synced: tuple[int, int] | None = None  # (loads, steps trained) the sampler holds
 
     @classmethod
     def open(
@@ -66,13 +69,20 @@ class RunPolicy:
         # the environment first: a bad config fails fast, before the model loads
         env = make_env(cfg.env, cfg.env_config, sandbox=sandbox, data_dir=data_dir)
         policy, tokenizer = open_policy(cfg, device, model_access)
+        if cfg.sampling.backend == "vllm":
+            from trainer.vllm_sampler import VLLMSampler
+
+            path = resolve_model(cfg.model, model_access)
+            sampler: Sampler = VLLMSampler(path, tokenizer, cfg.sampling.vllm, seed=cfg.seed)
+        else:
+            sampler = TransformersSampler(policy, tokenizer)
         return cls(
             cfg=cfg,
             policy=policy,
             tokenizer=tokenizer,
             env=env,
             builder=TeacherContextBuilder(tokenizer, cfg.context),
-            sampler=TransformersSampler(policy, tokenizer),
+            sampler=sampler,
             learner=Learner(policy, tokenizer.pad_token_id, cfg) if train else None,
         )
 
@@ -81,6 +91,15 @@ class RunPolicy:
         """Whether the environment plays episodes of tool calls (envs/tools)."""
         return self.env.multi_turn
 
+    def fresh_sampler(self) -> Sampler:
+        """The sampler, holding the policy's current weights (pushed to it when they
+        changed since it last got them: a training step, a checkpoint loaded)."""
+        stamp = (self.loads, self.learner.steps_done if self.learner is not None else 0)
+        if stamp != self.synced:
+            self.sampler.sync(self.policy)
+            self.synced = stamp
+        return self.sampler
+
     def evaluate(self) -> float:
         tasks = list(self.env.dataset("eval"))[: self.cfg.eval.size]
         max_new = self.cfg.eval.max_new_tokens or self.cfg.sampling.max_new_tokens
@@ -88,7 +107,7 @@ class RunPolicy:
         return evaluate(
             self.env,
             tasks,
-            sampler=self.sampler,
+            sampler=self.fresh_sampler(),
             tokenizer=self.tokenizer,
             builder=self.builder,
             max_new_tokens=max_new,
@@ -105,7 +124,7 @@ class RunPolicy:
         return sample(
             self.env,
             tasks,
-            sampler=self.sampler,
+            sampler=self.fresh_sampler(),
             tokenizer=self.tokenizer,
             builder=self.builder,
             group_size=self.cfg.samples_per_prompt,
@@ -118,10 +137,13 @@ class RunPolicy:
     def load_weights(self, path: Path) -> None:
         """Sample with the policy weights of checkpoint `path` from now on."""
         load_weights(self.policy, path)
+        self.loads += 1
 
     def close(self) -> None:
-        """Release what the environment holds (a warm sandbox pool, for example)."""
+        """Release what the environment and the sampler hold (a warm sandbox pool, an
+        inference engine)."""
         self.env.close()
+        self.sampler.close()
 
     def __enter__(self) -> RunPolicy:
         return self

@@ -101,6 +101,23 @@ def sampled_token_advantage(logp_student_token: Tensor, logp_teacher_token: Tens
     return (logp_teacher_token - logp_student_token).detach()
 
 
+@torch.no_grad()
+def sampler_gap(student_logits: Tensor, batch: LossInputs) -> dict[str, float]:
+    """How far the sampler's log-probs of the sampled tokens are from the trainer's, at
+    the sampling temperature, before this step's update: the two engines' numerics when
+    the batch is on-policy (another sampler, vLLM, computes them its own way), plus the
+    policy's drift since sampling when it is not. Mean and max over response tokens."""
+    logits = student_logits.detach().float() / batch.sampling_temperature
+    trainer_logp = _token_logp(logits.log_softmax(-1), batch.response_ids)  # [B, T]
+    gap = (trainer_logp - batch.sampler_logp).abs()[batch.response_mask.bool()]
+    if gap.numel() == 0:
+        gap = torch.zeros(1)
+    return {
+        "sampler_logprob_gap_mean": gap.mean().item(),
+        "sampler_logprob_gap_max": gap.max().item(),
+    }
+
+
 def _token_logp(logp: Tensor, token_ids: Tensor) -> Tensor:
     """log p(y_t) gathered at the sampled ids.  [B, T, V], [B, T] -> [B, T]"""
     return logp.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
@@ -329,7 +346,7 @@ def policy_loss(
             distill_loss = aggregate(distill_per_token, distill_mask, cfg.aggregation)
             loss = loss + w * distill_loss
 
-    metrics = {"loss": loss.item()}
+    metrics = {"loss": loss.item(), **sampler_gap(student_logits, batch)}
     if distill_loss is not None:
         metrics["distill_loss"] = distill_loss.item()
     if grpo_loss is not None:

@@ -55,6 +55,14 @@ class Sampler(Protocol):
         (on the model's device) when given."""
         ...
 
+    def sync(self, policy: torch.nn.Module) -> None:
+        """Sample with `policy`'s current weights from now on."""
+        ...
+
+    def close(self) -> None:
+        """Release what the sampler holds (an inference engine)."""
+        ...
+
 
 def sampling_seed(seed: int, step: int) -> int:
     """The seed of step `step`'s sampling in a run seeded `seed`: a function of the two
@@ -106,6 +114,12 @@ class TransformersSampler:
         self.max_batch = max_batch
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def sync(self, policy: torch.nn.Module) -> None:
+        """Nothing to push: this sampler generates with the policy itself."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     @torch.no_grad()
     def sample(

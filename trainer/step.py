@@ -86,8 +86,12 @@ class Learner:
             share = len(micro.samples) / len(batch.samples)
             loss, metrics, log_ratio = self._loss(micro)
             (loss * share).backward()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v * share
+            for k, v in metrics.items():  # means weighted by share; maxima over micro-batches
+                totals[k] = (
+                    max(totals.get(k, v), v)
+                    if k.endswith("_max")
+                    else totals.get(k, 0.0) + v * share
+                )
             log_ratios += [
                 model_token_values(row, s)
                 for row, s in zip(log_ratio.tolist(), micro.samples, strict=True)

