@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         "all cores but one in the pipeline process (the API keeps one to answer requests), "
         "torch's own default in a worker of its own",
     )
+    vllm_servers: list[str] = Field(
+        [],
+        description="vLLM server URLs runs may sample on (`sampling.server_url` of backend "
+        "`server`), as JSON; none by default",
+    )
     read_cache_entries: int = Field(
         512,
         ge=0,

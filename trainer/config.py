@@ -176,12 +176,28 @@ class SamplingConfig(_Config):
     top_p: float = Field(1.0, gt=0, le=1.0)
     top_k: int = Field(0, ge=0, le=1_000_000, description="0 disables top-k filtering")
     max_new_tokens: int = Field(16, ge=1, le=MAX_TOKENS)
-    backend: Literal["transformers", "vllm"] = Field(
+    backend: Literal["transformers", "vllm", "server"] = Field(
         "transformers",
-        description="what generates: transformers' `generate` on the policy itself, or an "
-        "in-process vLLM engine that the policy's weights are pushed to after every change",
+        description="what generates: transformers' `generate` on the policy itself, an "
+        "in-process vLLM engine, or a vLLM server at `server_url`; the policy's weights are "
+        "pushed to either engine after every change",
     )
     vllm: VLLMConfig = VLLMConfig()
+    server_url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="the vLLM server of backend `server` (its OpenAI-compatible API)",
+    )
+    server_model: str | None = Field(
+        None, max_length=256, description="the server's name for the model; default: the run's"
+    )
+
+    @model_validator(mode="after")
+    def _server_named(self) -> SamplingConfig:
+        if self.backend == "server" and self.server_url is None:
+            raise ValueError("sampling.backend 'server' needs sampling.server_url")
+        return self
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]

