@@ -62,15 +62,17 @@ class RunPolicy:
         train: bool = True,
         sandbox: SandboxSettings | None = None,
         data_dir: Path | None = None,
+        sampler_dir: Path | None = None,
         model_access: ModelAccess = UNRESTRICTED,
     ) -> RunPolicy:
         """Load the environment and the policy; `train=False` for a sampling-only copy.
         The service passes its own `sandbox` settings and `data_dir` (where environments
-        run code and find data files) and `model_access` (which models may be loaded)."""
+        run code and find data files), `model_access` (which models may be loaded) and
+        `sampler_dir` (where a vLLM server reads the weights it gets)."""
         # the environment first: a bad config fails fast, before the model loads
         env = make_env(cfg.env, cfg.env_config, sandbox=sandbox, data_dir=data_dir)
         policy, tokenizer = open_policy(cfg, device, model_access)
-        sampler = make_sampler(cfg, policy, tokenizer, model_access, data_dir)
+        sampler = make_sampler(cfg, policy, tokenizer, model_access, sampler_dir)
         return cls(
             cfg=cfg,
             policy=policy,
@@ -148,10 +150,11 @@ class RunPolicy:
 
 
 def make_sampler(
-    cfg: RunConfig, policy, tokenizer, model_access: ModelAccess, data_dir: Path | None
+    cfg: RunConfig, policy, tokenizer, model_access: ModelAccess, sampler_dir: Path | None
 ) -> Sampler:
     """The run's sampler (`sampling.backend`); a vLLM server reads the weights it gets
-    from under `data_dir` (default: the temporary directory), which it must see too."""
+    from `sampler_dir` (default: `sampler-weights` in the temporary directory), which it
+    must see at the same path."""
     sampling = cfg.sampling
     if sampling.backend == "vllm":
         from trainer.vllm_sampler import VLLMSampler
@@ -161,7 +164,7 @@ def make_sampler(
     if sampling.backend == "server":
         from trainer.vllm_sampler import ServerSampler
 
-        weights = Path(data_dir or tempfile.gettempdir()) / "sampler-weights"
+        weights = sampler_dir or Path(tempfile.gettempdir()) / "sampler-weights"
         model = sampling.server_model or cfg.model
         return ServerSampler(sampling.server_url or "", model, tokenizer, weights)
     return TransformersSampler(policy, tokenizer)

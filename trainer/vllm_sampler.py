@@ -224,7 +224,9 @@ class ServerSampler:
         for prompt in prompts:
             seed = None
             if generator is not None and not greedy:
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                seed = int(
+                    torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+                )
             bodies.append(
                 {
                     "model": self.model,

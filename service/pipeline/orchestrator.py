@@ -58,6 +58,7 @@ def open_sampling_policy(cfg: RunConfig, device: str | None, *, settings: Settin
         sandbox=settings.sandbox,
         data_dir=settings.env_data_dir,
         model_access=settings.model_access(),
+        sampler_dir=settings.data_dir / "sampler-weights",  # what a vLLM server reloads
     )
 
 
