@@ -160,7 +160,8 @@ def make_sampler(
         from trainer.vllm_sampler import VLLMSampler
 
         path = resolve_model(cfg.model, model_access)
-        return VLLMSampler(path, tokenizer, sampling.vllm, seed=cfg.seed)
+        rank = cfg.lora.r if cfg.lora is not None else None
+        return VLLMSampler(path, tokenizer, sampling.vllm, seed=cfg.seed, lora_rank=rank)
     if sampling.backend == "server":
         from trainer.vllm_sampler import ServerSampler
 

@@ -3,9 +3,10 @@
 
 `sampling.backend: vllm` makes a run sample (and evaluate) with vLLM instead of
 `transformers.generate`. The engine holds its own copy of the weights: after every
-change of the policy (a training step, a checkpoint loaded) `sync(policy)` pushes the
-policy's full weights into it (a LoRA policy's merged weights), which takes a fraction
-of a second for small models.
+change of the policy (a training step, a checkpoint loaded) `sync(policy)` pushes them
+to it. A LoRA policy's engine holds the frozen base model and gets the adapter alone,
+saved and loaded as a new LoRA request under one name (`policy`) each time; any other
+policy's full weights are reloaded in place (a fraction of a second for small models).
 
 Log-probs: the engine reports `processed_logprobs`, the log-prob of each sampled token
 after temperature and top-k / top-p. The trainer recomputes log-softmax(logits / T)
@@ -30,6 +31,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,12 +66,28 @@ class VLLMSampler:
     """`trainer.sampler.Sampler` on an in-process vLLM engine loaded from `model_path`."""
 
     def __init__(
-        self, model_path: str | Path, tokenizer: Any, config: VLLMConfig, *, seed: int = 0
+        self,
+        model_path: str | Path,
+        tokenizer: Any,
+        config: VLLMConfig,
+        *,
+        seed: int = 0,
+        lora_rank: int | None = None,
+        adapter_dir: Path | None = None,
     ) -> None:
+        """`lora_rank`: the policy is a LoRA adapter of this rank on the model at
+        `model_path`, whose versions `sync` saves under `adapter_dir` (default: a
+        temporary directory)."""
         vllm = import_vllm()
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
         self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="vllm engine")
+        lora: dict[str, Any] = {}
+        if lora_rank is not None:
+            lora = {"enable_lora": True, "max_loras": 1, "max_lora_rank": lora_slot(lora_rank)}
+            self._adapters = Path(adapter_dir or tempfile.mkdtemp(prefix="opsd-adapters-"))
+        self._lora: Any = None  # the LoRA request of the adapter the engine samples with
+        self._syncs = 0
         began = time.monotonic()
         self.llm = self._on_engine_thread(
             vllm.LLM,
@@ -81,7 +99,9 @@ class VLLMSampler:
             max_model_len=config.max_model_len,
             logprobs_mode="processed_logprobs",
             seed=seed,
+            **lora,
         )
+        self.lora = lora_rank is not None
         self.load_seconds = time.monotonic() - began
         self.sync_seconds: float | None = None  # how long the last `sync` took
 
@@ -121,6 +141,7 @@ class VLLMSampler:
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
             requests,
             use_tqdm=False,
+            lora_request=self._lora,
         )
         return [[self._completion(c) for c in out.outputs] for out in outputs]
 
@@ -135,6 +156,11 @@ class VLLMSampler:
     def sync(self, policy: torch.nn.Module) -> None:
         """Push `policy`'s weights into the engine; its next samples come from them."""
         began = time.monotonic()
+        self._syncs += 1
+        if self.lora:
+            self._load_adapter(policy)
+            self.sync_seconds = time.monotonic() - began
+            return
         weights = list(full_weights(policy))
 
         def reload() -> None:
@@ -144,8 +170,24 @@ class VLLMSampler:
         self._on_engine_thread(reload)
         self.sync_seconds = time.monotonic() - began
 
+    def _load_adapter(self, policy: torch.nn.Module) -> None:
+        """Save the adapter as a new version; the engine loads it with the next request
+        (a new LoRA id: it never serves an adapter it cached under an old one)."""
+        from peft import PeftModel
+        from vllm.lora.request import LoRARequest
+
+        if not isinstance(policy, PeftModel):
+            raise TypeError("a LoRA engine takes a peft model's adapter; this policy has none")
+        folder = self._adapters / f"policy-{self._syncs}"
+        policy.save_pretrained(folder)
+        previous, self._lora = self._lora, LoRARequest("policy", self._syncs, str(folder))
+        if previous is not None:
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+
     def close(self) -> None:
         """Shut the engine down and let its memory go."""
+        if self.__dict__.get("lora"):
+            shutil.rmtree(self._adapters, ignore_errors=True)
         engine = self.__dict__.pop("llm", None)
         core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
@@ -280,6 +322,17 @@ class ServerSampler:
         self._http.close()
         if self._weights is not None:
             shutil.rmtree(self._weights, ignore_errors=True)
+
+
+LORA_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM reserves room for
+
+
+def lora_slot(rank: int) -> int:
+    """The smallest LoRA rank vLLM reserves room for that holds `rank`."""
+    for slot in LORA_SLOTS:
+        if rank <= slot:
+            return slot
+    raise ValueError(f"vLLM serves LoRA ranks up to {LORA_SLOTS[-1]}, not {rank}")
 
 
 def full_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -147,6 +147,49 @@ def test_new_weights_reach_the_engine(tiny, sampler):
     sampler.sync(original)  # the other tests' engine holds the checkpoint again
 
 
+def test_a_lora_policys_engine_gets_each_new_adapter_alone(tiny, tmp_path):
+    """A LoRA run's engine holds the base model and loads each adapter version as a new
+    LoRA request: its log-probs are the adapted policy's, version after version."""
+    _, tokenizer = tiny
+    lora = RunConfig.model_validate({"model": "tiny", "lora": {"r": 4}}).lora
+    adapted, _ = load_policy("tiny", lora=lora)
+    engine = VLLMSampler(
+        resolve_model("tiny"), tokenizer, ENGINE, lora_rank=4, adapter_dir=tmp_path
+    )
+    try:
+        generator = torch.Generator().manual_seed(3)
+        for _ in range(2):
+            with torch.no_grad():
+                for name, parameter in adapted.named_parameters():
+                    if "lora_" in name:
+                        parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+            engine.sync(adapted.eval())
+            assert_agrees(adapted, engine, tokenizer, 1.0)
+            assert len(list(tmp_path.iterdir())) == 1  # the adapter it samples with, alone
+    finally:
+        engine.close()
+
+
+def test_a_lora_run_samples_every_step_with_its_newest_adapter(tmp_path):
+    from trainer.loop import train
+    from trainer.presets import preset
+
+    sampling = {"backend": "vllm", "vllm": ENGINE.model_dump()}
+    cfg = preset(
+        "sdpo",
+        {"env": "arithmetic", "model": "tiny", "steps": 3, "lora": {"r": 4}, "sampling": sampling}
+        | {"eval": {"size": 8}, "optim": {"lr": 1e-2, "warmup_steps": 0}},  # steps that show
+    )
+    gaps: list[float] = []
+
+    def on_step(record: dict) -> None:
+        if "sampler_logprob_gap_max" in record:
+            gaps.append(record["sampler_logprob_gap_max"])
+
+    train(cfg, tmp_path, on_step=on_step)
+    assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
+
+
 def test_a_run_that_samples_with_vllm_learns(tmp_path, sampler):
     """sdpo on arithmetic, every sample drawn by the engine (weights pushed after every
     step): held-out accuracy rises by at least 10 points, and the sampler-trainer
