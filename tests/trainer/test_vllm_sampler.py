@@ -313,3 +313,29 @@ def test_a_run_on_a_server_pushes_it_every_new_policy(tmp_path, server):
 
     train(cfg, tmp_path, on_step=on_step)
     assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
+
+
+def test_tool_episodes_sample_on_the_engine_turn_after_turn(tmp_path):
+    """Multi-turn `lookup` episodes of `tiny-tools`: every model turn comes from the
+    engine, and the model tokens' log-probs are the trainer's (tool output is not)."""
+    from trainer.loop import train
+    from trainer.presets import preset
+
+    engine = ENGINE.model_copy(update={"max_model_len": 512})
+    cfg = preset(
+        "sdpo",
+        {
+            "env": "lookup",
+            "model": "tiny-tools",
+            "steps": 2,
+            "prompts_per_step": 4,
+            "samples_per_prompt": 2,
+            "sampling": {"max_new_tokens": 64, "backend": "vllm", "vllm": engine.model_dump()},
+            "eval": {"every": 2, "size": 4},
+        },
+    )
+    records: list[dict] = []
+    train(cfg, tmp_path, on_step=records.append)
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == 2 and max(r["tool_calls_mean"] for r in steps) > 0
+    assert max(r["sampler_logprob_gap_max"] for r in steps) < TOLERANCE
