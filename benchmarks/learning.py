@@ -9,6 +9,8 @@ model for several seeds, then writes the accuracy curves as a table and a PNG. T
     python benchmarks/learning.py --task tools --steps 40 --eval-every 5
     python benchmarks/learning.py --report-only      # redraw from existing runs
     python benchmarks/learning.py --ablation --seeds 0   # self-distillation variants
+    python benchmarks/learning.py --shapes 4x16 8x8 16x4 32x2 64x1 --jobs 1
+                                    # prompts x samples per prompt at 64 samples per step
 
 
 Each run is an ordinary `trainer.loop.train` call writing to benchmarks/runs/learning/.
@@ -76,6 +78,76 @@ def run_one(name: str, algorithm: str, seed: int, steps: int, every: int, overri
     )
     train(cfg, out)
     return str(out)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """`8x8` -> (prompts_per_step, samples_per_prompt)."""
+    prompts, sep, samples = text.partition("x")
+    if not sep or not prompts.isdigit() or not samples.isdigit():
+        raise argparse.ArgumentTypeError(f"expected PROMPTSxSAMPLES (e.g. 8x8), got {text!r}")
+    return int(prompts), int(samples)
+
+
+def shape_runs(
+    algorithms: list[str], shapes: list[str], prefix: str, tag: str, extra: dict
+) -> dict[str, tuple[str, dict]]:
+    """One run name per (algorithm, shape), `{prefix}{algorithm}-{shape}{tag}`. GRPO
+    compares the samples of one prompt with each other, so it needs at least 2 per prompt."""
+    from trainer.presets import merge
+
+    runs = {}
+    for a in algorithms:
+        for shape in shapes:
+            prompts, samples = parse_shape(shape)
+            if a == "grpo" and samples < 2:
+                print(
+                    f"skipping grpo {shape}: GRPO's advantage compares samples of the same "
+                    "prompt, so it needs >= 2 samples per prompt",
+                    flush=True,
+                )
+                continue
+            shape_overrides = {"prompts_per_step": prompts, "samples_per_prompt": samples}
+            runs[f"{prefix}{a}-{shape}{tag}"] = (a, merge(extra, shape_overrides))
+    return runs
+
+
+def shape_report(names: list[str], seeds: list[int], at_steps: list[int]) -> str:
+    """Per run name: held-out accuracy at `at_steps` (median over seeds, then per seed),
+    the mean over all evaluations and the mean `teacher_signal_frac`. Missing runs and
+    points not reached yet show as '-'."""
+    head = " | ".join(f"step {s}: median (per seed)" for s in at_steps)
+    lines = [f"| run | seeds | {head} | mean over evals (median) | teacher_signal_frac |"]
+    lines.append("|" + " --- |" * (len(at_steps) + 4))
+    for name in names:
+        runs = {s: RUNS / f"{name}-seed{s}" for s in seeds}
+        records = {s: load_records(r) for s, r in runs.items() if (r / "metrics.jsonl").exists()}
+        if not records:
+            lines.append(f"| {name} | - |" + " - |" * (len(at_steps) + 2))
+            continue
+        evals = {
+            s: {r["step"]: r["eval_accuracy"] for r in recs if "eval_accuracy" in r}
+            for s, recs in records.items()
+        }
+        cells = []
+        for step in at_steps:
+            vals = {s: e[step] for s, e in evals.items() if step in e}
+            if not vals:
+                cells.append("-")
+                continue
+            per_seed = ", ".join(f"{v:.2f}" for v in vals.values())
+            cells.append(f"{statistics.median(vals.values()):.3f} ({per_seed})")
+        means = [statistics.mean(e.values()) for e in evals.values() if len(e) > 1]
+        cells.append(f"{statistics.median(means):.3f}" if means else "-")
+        fracs = [
+            r["teacher_signal_frac"]
+            for recs in records.values()
+            for r in recs
+            if r.get("teacher_signal_frac") is not None
+        ]
+        cells.append(f"{statistics.mean(fracs):.3f}" if fracs else "-")
+        seeds_done = ",".join(str(s) for s in records)
+        lines.append(f"| {name} | {seeds_done} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def load_records(run: Path) -> list[dict]:
@@ -178,6 +250,13 @@ def main() -> None:
     parser.add_argument(
         "--tag", default="", help="appended to the run directories and the PNG (e.g. --tag=-g2)"
     )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        help="batch shapes PROMPTSxSAMPLES (e.g. 4x16 8x8 16x4): one run per algorithm and "
+        "shape, reported as a table of accuracy at --report-steps (grpo skips 1 sample)",
+    )
+    parser.add_argument("--report-steps", nargs="+", type=int, default=[50, 100, 300])
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
         "--ablation", action="store_true", help="run the self-distillation variants"
@@ -187,7 +266,11 @@ def main() -> None:
 
     prefix, task_overrides = TASKS[args.task]
     extra = merge(task_overrides, json.loads(args.overrides))
-    if args.ablation:
+    if args.shapes:
+        for shape in args.shapes:
+            parse_shape(shape)
+        runs = shape_runs(args.algorithms, args.shapes, prefix, args.tag, extra)
+    elif args.ablation:
         runs = {
             f"{prefix}{name}{args.tag}": (alg, merge(o, extra))
             for name, (alg, o) in ABLATION.items()
@@ -202,6 +285,9 @@ def main() -> None:
             ]
             for f in futures:
                 print("done", f.result(), flush=True)
+    if args.shapes:
+        print(shape_report(list(runs), args.seeds, args.report_steps))
+        return
     png = f"{prefix}{'ablation' if args.ablation else 'learning'}{args.tag}.png"
     names = [name.removeprefix(prefix).removesuffix(args.tag) for name in runs]
     print(report(names, args.seeds, png, prefix, TITLES[args.task], args.tag))
