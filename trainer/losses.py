@@ -101,15 +101,20 @@ def sampled_token_advantage(logp_student_token: Tensor, logp_teacher_token: Tens
     return (logp_teacher_token - logp_student_token).detach()
 
 
+def sampling_token_logp(student_logits: Tensor, batch: LossInputs) -> Tensor:
+    """log pi(y_t) at the sampling temperature, the scale of batch.sampler_logp.  -> [B, T]"""
+    logits_at_sampling = student_logits.float() / batch.sampling_temperature
+    return _token_logp(logits_at_sampling.log_softmax(-1), batch.response_ids)
+
+
 @torch.no_grad()
-def sampler_gap(student_logits: Tensor, batch: LossInputs) -> dict[str, float]:
-    """How far the sampler's log-probs of the sampled tokens are from the trainer's, at
-    the sampling temperature, before this step's update: the two engines' numerics when
-    the batch is on-policy (another sampler, vLLM, computes them its own way), plus the
-    policy's drift since sampling when it is not. Mean and max over response tokens."""
-    logits = student_logits.detach().float() / batch.sampling_temperature
-    trainer_logp = _token_logp(logits.log_softmax(-1), batch.response_ids)  # [B, T]
-    gap = (trainer_logp - batch.sampler_logp).abs()[batch.response_mask.bool()]
+def sampler_gap(trainer_logp: Tensor, batch: LossInputs) -> dict[str, float]:
+    """How far the sampler's log-probs of the sampled tokens are from the trainer's
+    (`trainer_logp`, sampling_token_logp), before this step's update: the two engines'
+    numerics when the batch is on-policy (another sampler, vLLM, computes them its own
+    way), plus the policy's drift since sampling when it is not. Mean and max over
+    response tokens."""
+    gap = (trainer_logp.detach() - batch.sampler_logp).abs()[batch.response_mask.bool()]
     if gap.numel() == 0:
         gap = torch.zeros(1)
     return {
@@ -312,9 +317,11 @@ def policy_loss(
         adv_grpo = grpo_advantages(  # [B]
             batch.rewards, batch.group_size, cfg.grpo.scaling, cfg.grpo.eps_std
         )
-        logits_at_sampling = student_logits.float() / batch.sampling_temperature
-        logp_token = _token_logp(logits_at_sampling.log_softmax(-1), batch.response_ids)
+        logp_token = sampling_token_logp(student_logits, batch)  # [B, T]
         advantages = adv_grpo.unsqueeze(-1).expand_as(logp_token)  # [B, T]
+    else:  # only the sampler gap needs it
+        with torch.no_grad():
+            logp_token = sampling_token_logp(student_logits, batch)  # [B, T]
 
     if mix is not None:  # advantage mix: one surrogate with A = lambda A_grpo + (1-lambda) A_sd
         logp_student = (student_logits.float() / cfg.distill.temperature).log_softmax(-1)
@@ -346,7 +353,7 @@ def policy_loss(
             distill_loss = aggregate(distill_per_token, distill_mask, cfg.aggregation)
             loss = loss + w * distill_loss
 
-    metrics = {"loss": loss.item(), **sampler_gap(student_logits, batch)}
+    metrics = {"loss": loss.item(), **sampler_gap(logp_token, batch)}
     if distill_loss is not None:
         metrics["distill_loss"] = distill_loss.item()
     if grpo_loss is not None:
