@@ -117,22 +117,9 @@ class VLLMSampler:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        def seed() -> int | None:
-            if generator is None:
-                return None
-            return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-
         requests = [
             SamplingParams(
-                n=n,
-                temperature=0.0 if greedy else params.temperature,
-                top_p=1.0 if greedy else params.top_p,
-                top_k=0 if greedy else params.top_k,
-                max_tokens=params.max_new_tokens,
-                stop_token_ids=[self.eos_id] if self.eos_id is not None else None,
-                logprobs=0,  # the sampled token's own
-                seed=None if greedy else seed(),
-                detokenize=False,
+                **request_fields(params, n, greedy, generator, self.eos_id), detokenize=False
             )
             for _ in prompts
         ]
@@ -148,10 +135,9 @@ class VLLMSampler:
     def _completion(self, output: Any) -> Completion:
         tokens = list(output.token_ids)
         logprobs = [
-            float(step[token].logprob) for token, step in zip(tokens, output.logprobs, strict=True)
+            step[token].logprob for token, step in zip(tokens, output.logprobs, strict=True)
         ]
-        truncated = not tokens or tokens[-1] != self.eos_id
-        return Completion(tokens, logprobs, truncated=truncated)
+        return completion(tokens, logprobs, self.eos_id)
 
     def sync(self, policy: torch.nn.Module) -> None:
         """Push `policy`'s weights into the engine; its next samples come from them."""
@@ -262,38 +248,23 @@ class ServerSampler:
         greedy: bool = False,
         generator: torch.Generator | None = None,
     ) -> list[list[Completion]]:
-        bodies = []
-        for prompt in prompts:
-            seed = None
-            if generator is not None and not greedy:
-                seed = int(
-                    torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
-                )
-            bodies.append(
-                {
-                    "model": self.model,
-                    "prompt": list(prompt),
-                    "n": n,
-                    "max_tokens": params.max_new_tokens,
-                    "temperature": 0.0 if greedy else params.temperature,
-                    "top_p": 1.0 if greedy else params.top_p,
-                    "top_k": 0 if greedy else params.top_k,
-                    "seed": seed,
-                    "logprobs": 0,  # the sampled token's own
-                    "return_tokens_as_token_ids": True,
-                    "stop_token_ids": [self.eos_id] if self.eos_id is not None else [],
-                    "skip_special_tokens": False,
-                }
-            )
+        bodies = [
+            {
+                **request_fields(params, n, greedy, generator, self.eos_id),
+                "model": self.model,
+                "prompt": list(prompt),
+                "return_tokens_as_token_ids": True,
+                "skip_special_tokens": False,
+            }
+            for prompt in prompts
+        ]
         answers = list(self._requests.map(lambda b: self._post("/v1/completions", b), bodies))
         return [[self._completion(c) for c in answer["choices"]] for answer in answers]
 
     def _completion(self, choice: dict[str, Any]) -> Completion:
         logprobs = choice["logprobs"]
         tokens = [int(t.rsplit(":", 1)[1]) for t in logprobs["tokens"]]  # "token_id:<id>"
-        values = [float(v) for v in logprobs["token_logprobs"]]
-        truncated = not tokens or tokens[-1] != self.eos_id
-        return Completion(tokens, values, truncated=truncated)
+        return completion(tokens, logprobs["token_logprobs"], self.eos_id)
 
     def sync(self, policy: torch.nn.Module) -> None:
         """Write the policy's weights where the server reads them, and have it reload."""
@@ -322,6 +293,37 @@ class ServerSampler:
         self._http.close()
         if self._weights is not None:
             shutil.rmtree(self._weights, ignore_errors=True)
+
+
+def request_fields(
+    params: SamplingConfig,
+    n: int,
+    greedy: bool,
+    generator: torch.Generator | None,
+    eos_id: int | None,
+) -> dict[str, Any]:
+    """vLLM's sampling parameters of one prompt's request, the same for the engine's
+    `SamplingParams` and a server's completion request: `n` samples with the log-prob of
+    each sampled token, and, unless greedy, a seed of their own from `generator`."""
+    seed = None
+    if generator is not None and not greedy:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return {
+        "n": n,
+        "temperature": 0.0 if greedy else params.temperature,
+        "top_p": 1.0 if greedy else params.top_p,
+        "top_k": 0 if greedy else params.top_k,
+        "max_tokens": params.max_new_tokens,
+        "stop_token_ids": [eos_id] if eos_id is not None else [],
+        "logprobs": 0,  # the sampled token's own
+        "seed": seed,
+    }
+
+
+def completion(tokens: list[int], logprobs: Sequence[float], eos_id: int | None) -> Completion:
+    """A response as vLLM returned it: truncated unless it ends with EOS."""
+    truncated = not tokens or tokens[-1] != eos_id
+    return Completion(tokens, [float(v) for v in logprobs], truncated=truncated)
 
 
 LORA_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM reserves room for
