@@ -21,8 +21,10 @@ import pytest
 import torch
 
 from trainer.config import RunConfig, SamplingConfig, VLLMConfig
+from trainer.loop import train
 from trainer.model import load_policy
 from trainer.model_names import resolve_model
+from trainer.presets import preset
 
 try:
     from trainer.vllm_sampler import (
@@ -86,6 +88,18 @@ def assert_agrees(policy, sampler, tokenizer, temperature: float) -> int:
             assert gap < TOLERANCE, (completion, gap)
             checked += len(completion.token_ids)
     return checked
+
+
+def trained_steps(cfg: RunConfig, out_dir) -> tuple[dict, list[dict]]:
+    """Run `cfg` with `opsd train`'s loop: its summary and its steps' records (not the
+    step-0 evaluation's)."""
+    records: list[dict] = []
+    summary = train(cfg, out_dir, on_step=records.append)
+    return summary, [r for r in records if "loss" in r]
+
+
+def gaps_of(steps: list[dict]) -> list[float]:
+    return [r["sampler_logprob_gap_max"] for r in steps]
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -171,22 +185,13 @@ def test_a_lora_policys_engine_gets_each_new_adapter_alone(tiny, tmp_path):
 
 
 def test_a_lora_run_samples_every_step_with_its_newest_adapter(tmp_path):
-    from trainer.loop import train
-    from trainer.presets import preset
-
     sampling = {"backend": "vllm", "vllm": ENGINE.model_dump()}
     cfg = preset(
         "sdpo",
         {"env": "arithmetic", "model": "tiny", "steps": 3, "lora": {"r": 4}, "sampling": sampling}
         | {"eval": {"size": 8}, "optim": {"lr": 1e-2, "warmup_steps": 0}},  # steps that show
     )
-    gaps: list[float] = []
-
-    def on_step(record: dict) -> None:
-        if "sampler_logprob_gap_max" in record:
-            gaps.append(record["sampler_logprob_gap_max"])
-
-    train(cfg, tmp_path, on_step=on_step)
+    gaps = gaps_of(trained_steps(cfg, tmp_path)[1])
     assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
 
 
@@ -194,9 +199,6 @@ def test_a_run_that_samples_with_vllm_learns(tmp_path, sampler):
     """sdpo on arithmetic, every sample drawn by the engine (weights pushed after every
     step): held-out accuracy rises by at least 10 points, and the sampler-trainer
     log-prob gap of the on-policy batches stays at the level of numerics."""
-    from trainer.loop import train
-    from trainer.presets import preset
-
     steps = 100
     cfg = preset(
         "sdpo",
@@ -209,13 +211,8 @@ def test_a_run_that_samples_with_vllm_learns(tmp_path, sampler):
             "sampling": {"backend": "vllm", "vllm": ENGINE.model_dump()},
         },
     )
-    gaps: list[float] = []
-
-    def on_step(record: dict) -> None:
-        if "sampler_logprob_gap_max" in record:  # not the step-0 evaluation
-            gaps.append(record["sampler_logprob_gap_max"])
-
-    summary = train(cfg, tmp_path, on_step=on_step)
+    summary, steps_done = trained_steps(cfg, tmp_path)
+    gaps = gaps_of(steps_done)
     base, final = summary["base_eval_accuracy"], summary["final_eval_accuracy"]
     assert final - base >= 0.10, summary
     assert len(gaps) == steps and max(gaps) < TOLERANCE
@@ -291,9 +288,6 @@ def test_new_weights_reach_the_server(tiny, on_server):
 def test_a_run_on_a_server_pushes_it_every_new_policy(tmp_path, server):
     """`sampling.backend: server` in a run: every batch sampled by the server is
     on-policy, so the trainer's log-probs equal the server's up to numerics."""
-    from trainer.loop import train
-    from trainer.presets import preset
-
     sampling = {"backend": "server", "server_url": server, "server_model": "tiny"}
     cfg = preset(
         "sdpo",
@@ -305,22 +299,13 @@ def test_a_run_on_a_server_pushes_it_every_new_policy(tmp_path, server):
             "sampling": sampling,
         },
     )
-    gaps: list[float] = []
-
-    def on_step(record: dict) -> None:
-        if "sampler_logprob_gap_max" in record:
-            gaps.append(record["sampler_logprob_gap_max"])
-
-    train(cfg, tmp_path, on_step=on_step)
+    gaps = gaps_of(trained_steps(cfg, tmp_path)[1])
     assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
 
 
 def test_tool_episodes_sample_on_the_engine_turn_after_turn(tmp_path):
     """Multi-turn `lookup` episodes of `tiny-tools`: every model turn comes from the
     engine, and the model tokens' log-probs are the trainer's (tool output is not)."""
-    from trainer.loop import train
-    from trainer.presets import preset
-
     engine = ENGINE.model_copy(update={"max_model_len": 512})
     cfg = preset(
         "sdpo",
@@ -334,8 +319,6 @@ def test_tool_episodes_sample_on_the_engine_turn_after_turn(tmp_path):
             "eval": {"every": 2, "size": 4},
         },
     )
-    records: list[dict] = []
-    train(cfg, tmp_path, on_step=records.append)
-    steps = [r for r in records if "loss" in r]
+    _, steps = trained_steps(cfg, tmp_path)
     assert len(steps) == 2 and max(r["tool_calls_mean"] for r in steps) > 0
-    assert max(r["sampler_logprob_gap_max"] for r in steps) < TOLERANCE
+    assert max(gaps_of(steps)) < TOLERANCE
