@@ -88,6 +88,12 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(prompts), int(samples)
 
 
+def shape_arg(text: str) -> str:
+    """`--shapes` items, checked by argparse (a bad one is a usage error)."""
+    parse_shape(text)
+    return text
+
+
 def shape_runs(
     algorithms: list[str], shapes: list[str], prefix: str, tag: str, extra: dict
 ) -> dict[str, tuple[str, dict]]:
@@ -253,6 +259,7 @@ def main() -> None:
     parser.add_argument(
         "--shapes",
         nargs="+",
+        type=shape_arg,
         help="batch shapes PROMPTSxSAMPLES (e.g. 4x16 8x8 16x4): one run per algorithm and "
         "shape, reported as a table of accuracy at --report-steps (grpo skips 1 sample)",
     )
@@ -267,8 +274,6 @@ def main() -> None:
     prefix, task_overrides = TASKS[args.task]
     extra = merge(task_overrides, json.loads(args.overrides))
     if args.shapes:
-        for shape in args.shapes:
-            parse_shape(shape)
         runs = shape_runs(args.algorithms, args.shapes, prefix, args.tag, extra)
     elif args.ablation:
         runs = {
