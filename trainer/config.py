@@ -192,11 +192,19 @@ class SamplingConfig(_Config):
     server_model: str | None = Field(
         None, max_length=256, description="the server's name for the model; default: the run's"
     )
+    server_adapters: bool = Field(
+        False,
+        description="a LoRA run pushes its adapter to the server through vLLM's runtime "
+        "adapter endpoint (a server started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1) instead of merged full weights",
+    )
 
     @model_validator(mode="after")
     def _server_named(self) -> SamplingConfig:
         if self.backend == "server" and self.server_url is None:
             raise ValueError("sampling.backend 'server' needs sampling.server_url")
+        if self.server_adapters and self.backend != "server":
+            raise ValueError("sampling.server_adapters needs sampling.backend 'server'")
         return self
 
 
@@ -248,6 +256,12 @@ class RunConfig(_Config):
     optim: OptimConfig = OptimConfig()
     lora: LoraConfig | None = None
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _adapters_need_lora(self) -> RunConfig:
+        if self.sampling.server_adapters and self.lora is None:
+            raise ValueError("sampling.server_adapters pushes a LoRA adapter: set `lora` too")
+        return self
 
     @property
     def algorithm(self) -> str:

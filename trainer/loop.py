@@ -167,7 +167,13 @@ def make_sampler(
 
         weights = sampler_dir or Path(tempfile.gettempdir()) / "sampler-weights"
         model = sampling.server_model or cfg.model
-        return ServerSampler(sampling.server_url or "", model, tokenizer, weights)
+        return ServerSampler(
+            sampling.server_url or "",
+            model,
+            tokenizer,
+            weights,
+            adapters=sampling.server_adapters,
+        )
     return TransformersSampler(policy, tokenizer)
 
 

@@ -369,3 +369,21 @@ def test_a_run_samples_only_on_a_vllm_server_the_operator_lists(make_client, tmp
     assert client.get("/v1/runs").json()["items"] == []
     body = {**RUN, "config": {"sampling": {"backend": "server", "server_url": listed}}}
     assert client.post("/v1/runs", json=body).status_code == 201
+
+
+def test_server_adapters_without_a_lora_run_on_a_server_is_422(make_client, tmp_path):
+    from service.settings import Settings
+
+    listed = "http://vllm.internal:8000"
+    client = make_client(Settings(data_dir=tmp_path, device="cpu", vllm_servers=[listed]))
+    on_server = {"backend": "server", "server_url": listed, "server_adapters": True}
+    for config, expected in [
+        ({"sampling": on_server}, "set `lora` too"),
+        ({"sampling": {"server_adapters": True}, "lora": {"r": 4}}, "needs sampling.backend"),
+    ]:
+        response = client.post("/v1/runs", json={**RUN, "config": config})
+        assert response.status_code == 422, config
+        assert expected in error_of(response)["message"]
+    assert client.get("/v1/runs").json()["items"] == []
+    body = {**RUN, "config": {"sampling": on_server, "lora": {"r": 4}}}
+    assert client.post("/v1/runs", json=body).status_code == 201
