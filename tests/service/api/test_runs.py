@@ -289,6 +289,31 @@ def test_checkpoints_are_listed_by_step(client, repo):
     assert all(c["created_at"] for c in items)
 
 
+def test_the_checkpoint_list_marks_the_best_by_held_out_accuracy_the_earliest_on_a_tie(
+    client, repo
+):
+    run = make_run(repo)
+    for step, accuracy in ((0, 0.3), (2, 0.7), (4, 0.7), (6, 0.2)):
+        repo.add_evaluation(run.id, step, accuracy)
+        if step:
+            repo.add_checkpoint(run.id, step, f"/data/runs/1/step-{step}")
+    items = client.get(f"/v1/runs/{run.id}/checkpoints").json()["items"]
+    assert [(c["step"], c["eval_accuracy"], c["best"]) for c in items] == [
+        (2, 0.7, True),
+        (4, 0.7, False),
+        (6, 0.2, False),
+    ]
+
+
+def test_no_checkpoint_is_marked_best_when_the_base_model_scored_best(client, repo):
+    run = make_run(repo)
+    repo.add_evaluation(run.id, 0, 0.5)
+    repo.add_evaluation(run.id, 2, 0.1)
+    repo.add_checkpoint(run.id, 2, "/data/runs/1/step-2")
+    [item] = client.get(f"/v1/runs/{run.id}/checkpoints").json()["items"]
+    assert (item["eval_accuracy"], item["best"]) == (0.1, False)
+
+
 def test_feedback_is_the_newest_items_of_the_live_stream(client, repo, run_async):
     run = make_run(repo)
     bus = client.app.state.services.bus
