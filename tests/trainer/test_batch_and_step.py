@@ -280,6 +280,8 @@ def test_step_health_is_measured_before_the_update_and_measure_does_not_train():
     assert metrics["teacher_gap"] == pytest.approx(measured["teacher_gap"], rel=1e-5)
     assert metrics["entropy"] == pytest.approx(measured["entropy"], rel=1e-5)
     assert learner.measure(batch)["teacher_gap"] != pytest.approx(measured["teacher_gap"])
+    # the sdpo preset's loss is this very measure: reverse KL, full logits, token mean
+    assert metrics["distill_loss"] == pytest.approx(metrics["teacher_gap"], rel=1e-5)
 
 
 def gradients_of_one_step(model, cfg, batch) -> tuple[list[torch.Tensor], dict[str, float]]:
