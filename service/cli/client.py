@@ -247,10 +247,18 @@ def runs_show(
     )
     grid.add_row("created", f"{when(run.get('created_at'))}, updated {when(run.get('updated_at'))}")
     if run.get("error"):
-        grid.add_row("error", f"[red]{escape(run['error'])}[/red]")
+        if run["status"] == "stopped":  # a guard's reason
+            grid.add_row("stopped", f"[yellow]{escape(run['error'])}[/yellow]")
+        else:
+            grid.add_row("error", f"[red]{escape(run['error'])}[/red]")
     grid.add_row("checkpoints", "-" if checkpoints else "none yet")
     for checkpoint in checkpoints:  # paths on the server's machine
-        grid.add_row(Text(f"  step {checkpoint['step']}"), Text(checkpoint["path"]))
+        mark = ""
+        if checkpoint.get("eval_accuracy") is not None:
+            mark = f"  eval {accuracy(checkpoint['eval_accuracy'])}"
+        if checkpoint.get("best"):
+            mark += "  best"
+        grid.add_row(Text(f"  step {checkpoint['step']}"), Text(checkpoint["path"] + mark))
     for name, points in sorted(series.items()):
         if points:
             step, value = points[-1]

@@ -180,6 +180,8 @@ def test_runs_show_lists_the_checkpoints_of_the_run(server):
     paths = [server.settings.run_dir(run_id) / f"step-00000{step}" for step in (1, 2)]
     for step, path in enumerate(paths, start=1):
         repo.add_checkpoint(run_id, step, str(path))
+    repo.add_evaluation(run_id, 1, 0.5)
+    repo.add_evaluation(run_id, 2, 0.25)
 
     shown = opsd("runs", "show", str(run_id), url=server.url)
     fresh = opsd("runs", "show", str(create_run(server)), url=server.url)
@@ -187,8 +189,18 @@ def test_runs_show_lists_the_checkpoints_of_the_run(server):
     assert shown.exit_code == 0, shown.output
     lines = [" ".join(line.split()) for line in shown.output.splitlines()]
     assert "checkpoints -" in lines
-    assert f"step 1 {paths[0]}" in lines and f"step 2 {paths[1]}" in lines
+    assert f"step 1 {paths[0]} eval 0.500 best step 2 {paths[1]} eval 0.250 " in text(shown)
     assert "checkpoints none yet" in text(fresh)
+
+
+def test_runs_show_gives_the_reason_a_guard_stopped_the_run(server):
+    run_id = create_run(server)
+    set_status(server.repo(), run_id, RunStatus.stopped, "entropy stayed below 0.1")
+
+    shown = opsd("runs", "show", str(run_id), url=server.url)
+
+    assert shown.exit_code == 0, shown.output
+    assert "stopped entropy stayed below 0.1" in text(shown)
 
 
 def test_runs_create_takes_nested_overrides_from_a_config_file(server, tmp_path):
