@@ -275,6 +275,29 @@ def runs_watch(run_id: RunId, url: Url = DEFAULT_URL, token: Token = None) -> No
     raise typer.Exit(code)
 
 
+@runs_app.command("download")
+def runs_download(
+    run_id: RunId,
+    out: Annotated[Path, typer.Option(help="the tar file to write")],
+    step: Annotated[
+        int | None, typer.Option(help="the checkpoint's step (default: the best, else the last)")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Download a checkpoint of a run as a tar of its model directory (loadable with
+    `AutoModelForCausalLM.from_pretrained` once unpacked)."""
+    with connect(url, token) as api:
+        if step is None:
+            checkpoints = api.list_checkpoints(run_id)
+            if not checkpoints:
+                raise fail(f"run {run_id} has no checkpoint yet")
+            best = [c for c in checkpoints if c.get("best")]
+            step = (best or checkpoints)[-1]["step"]
+        api.download_checkpoint(run_id, step, out)
+    console.print(f"run {run_id}: checkpoint of step {step} -> {out}")
+
+
 def _transition(action: str, run_id: int, url: str, token: str | None) -> None:
     with connect(url, token) as api:
         run: Run = getattr(api, f"{action}_run")(run_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -231,3 +232,13 @@ def checkpoints(repo: Repository, run_id: int) -> schemas.CheckpointList:
         for row in repo.list_checkpoints(run_id)
     ]
     return schemas.CheckpointList(items=items)
+
+
+def checkpoint_directory(repo: Repository, run_id: int, step: int) -> Path:
+    """The directory of the run's recorded checkpoint at `step`; NotFound when the run has
+    none there."""
+    repo.get_run(run_id)
+    for row in repo.list_checkpoints(run_id):
+        if row.step == step:
+            return Path(row.path)
+    raise NotFound(f"run {run_id} has no checkpoint at step {step}")

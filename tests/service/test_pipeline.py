@@ -7,17 +7,20 @@ database and real Redis streams. Every count is checked in the record.
 import asyncio
 import logging
 import os
+import tarfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from service.bus import Bus, make_bus
 from service.bus.codec import decode_batch, encode_batch
 from service.pipeline.orchestrator import Orchestrator
 from service.pipeline.runtime import TRAINERS, batch_id_for
 from service.pipeline.worker import TrainerWorker
+from service.runs import archive
 from service.runs import service as runs
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
@@ -431,6 +434,14 @@ async def test_a_guard_stops_a_service_run_at_the_step_opsd_train_stops(stack, t
     listed = runs.checkpoints(repo, run.id).items
     assert [(c.step, c.eval_accuracy) for c in listed] == [(2, evaluations[2])]
     assert [c.best for c in listed] == [best_step == 2]
+
+    # the milestone's download (GET .../checkpoints/2/archive) is a loadable model
+    directory = runs.checkpoint_directory(repo, run.id, 2)
+    tar_path = tmp_path / "step-2.tar"
+    tar_path.write_bytes(b"".join(archive.tar_stream(directory, archive.archived_files(directory))))
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(tmp_path / "download", filter="data")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "download" / directory.name)
 
     offline = await asyncio.to_thread(train, cfg, tmp_path / "offline", device="cpu")
     assert offline["stopped"] == event.payload["stopped"]

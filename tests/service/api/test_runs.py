@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import pytest
 
 from ..records import set_status
@@ -312,6 +315,42 @@ def test_no_checkpoint_is_marked_best_when_the_base_model_scored_best(client, re
     repo.add_checkpoint(run.id, 2, "/data/runs/1/step-2")
     [item] = client.get(f"/v1/runs/{run.id}/checkpoints").json()["items"]
     assert (item["eval_accuracy"], item["best"]) == (0.1, False)
+
+
+def test_a_checkpoint_downloads_as_a_tar_of_its_model_files_without_the_optimiser(
+    client, repo, tmp_path
+):
+    run = make_run(repo)
+    directory = tmp_path / "runs" / str(run.id) / "step-000002"
+    files = {
+        "config.json": b'{"model_type": "llama"}',
+        "model.safetensors": bytes(range(256)) * 700,  # not a multiple of tar's 512 bytes
+        "adapter/adapter_config.json": b"{}",
+        "state.json": b'{"step": 2}',
+    }
+    for name, content in {**files, "trainer_state.pt": b"optimiser"}.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(content)
+    repo.add_checkpoint(run.id, 2, str(directory))
+
+    response = client.get(f"/v1/runs/{run.id}/checkpoints/2/archive")
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-tar"
+    assert f'filename="run-{run.id}-step-000002.tar"' in response.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert got == {f"step-000002/{name}": content for name, content in files.items()}
+
+
+def test_a_checkpoint_that_is_not_recorded_or_gone_from_disk_is_404(client, repo, tmp_path):
+    run = make_run(repo)
+    repo.add_checkpoint(run.id, 4, str(tmp_path / "pruned"))
+    assert client.get(f"/v1/runs/{run.id}/checkpoints/3/archive").status_code == 404
+    response = client.get(f"/v1/runs/{run.id}/checkpoints/4/archive")
+    assert response.status_code == 404
+    assert "no longer on the server" in error_of(response)["message"]
+    assert client.get("/v1/runs/999999/checkpoints/4/archive").status_code == 404
 
 
 def test_feedback_is_the_newest_items_of_the_live_stream(client, repo, run_async):
