@@ -33,16 +33,36 @@ def masked_mean(values: Tensor, mask: Tensor) -> float | None:
     return chosen.mean().item() if chosen.numel() else None
 
 
-@torch.no_grad()
-def sampling_entropy(logp_sampling: Tensor, response_mask: Tensor) -> float | None:
-    """`entropy`: the mean per-token entropy of the student's sampling distribution (at the
-    sampling temperature, before top-p / top-k) over the response tokens the model produced
-    (docs/algorithm.md "Run health"); None without any.
+# Vocabulary-sized float32 copies are made a few rows at a time: the loss pass's own copies
+# are still alive (kept for the backward pass), and these must not double its memory.
+CHUNK_ELEMENTS = 1 << 26  # logits entries per chunk of rows (256 MiB in float32)
 
-    logp_sampling  # [B, T, V] log pi at the sampling temperature
-    response_mask  # [B, T] 1 for model tokens
+
+def _row_chunks(*logits: Tensor) -> zip:
+    """The logits split along the batch into chunks of about CHUNK_ELEMENTS entries."""
+    per_row = max(1, logits[0][0].numel()) if logits[0].shape[0] else 1
+    rows = max(1, CHUNK_ELEMENTS // per_row)
+    return zip(*(x.detach().split(rows) for x in logits), strict=True)
+
+
+@torch.no_grad()
+def sampling_entropy(
+    student_logits: Tensor, temperature: float, response_mask: Tensor
+) -> float | None:
+    """`entropy`: the mean per-token entropy of the student's sampling distribution (the
+    logits at the sampling temperature, before top-p / top-k) over the response tokens the
+    model produced (docs/algorithm.md "Run health"); None without any.
+
+    student_logits  # [B, T, V]
+    response_mask   # [B, T] 1 for model tokens
     """
-    return masked_mean(token_entropy(logp_sampling.detach().float()), response_mask)
+    entropy = torch.cat(  # [B, T]
+        [
+            token_entropy((chunk.float() / temperature).log_softmax(-1))
+            for (chunk,) in _row_chunks(student_logits)
+        ]
+    )
+    return masked_mean(entropy, response_mask)
 
 
 @torch.no_grad()
@@ -62,9 +82,12 @@ def teacher_gap(
     response_mask       # [B, T] 1 for model tokens
     has_teacher_signal  # [B] bool
     """
-    logp_student = student_logits.detach().float().log_softmax(-1)  # [B, T, V]
-    logp_teacher = teacher_logits.detach().float().log_softmax(-1)  # [B, T, V]
-    kl = divergence(logp_student, logp_teacher, alpha=1.0)  # [B, T]
+    kl = torch.cat(  # [B, T]
+        [
+            divergence(student.float().log_softmax(-1), teacher.float().log_softmax(-1), 1.0)
+            for student, teacher in _row_chunks(student_logits, teacher_logits)
+        ]
+    )
     mask = response_mask.float() * has_teacher_signal.float().unsqueeze(-1)  # [B, T]
     return masked_mean(kl, mask)
 
@@ -79,8 +102,9 @@ def batch_health(
     student_logits  # [B, T, V]
     teacher_logits  # [B, T, V] or None
     """
-    logp_sampling = (student_logits.detach().float() / batch.sampling_temperature).log_softmax(-1)
-    found = {"entropy": sampling_entropy(logp_sampling, batch.response_mask)}
+    found = {
+        "entropy": sampling_entropy(student_logits, batch.sampling_temperature, batch.response_mask)
+    }
     if teacher_logits is not None:
         found["teacher_gap"] = teacher_gap(
             student_logits, teacher_logits, batch.response_mask, batch.has_teacher_signal

@@ -91,3 +91,14 @@ def test_batch_health_gap_is_at_temperature_one_whatever_the_sampling_temperatur
 def test_batch_health_leaves_out_the_gap_when_no_sample_has_a_teacher_signal():
     found = batch_health(_logits(S), _logits(T), _inputs([[1]], [False]))
     assert set(found) == {"entropy"}
+
+
+def test_measures_taken_a_few_rows_at_a_time_equal_those_of_the_whole_batch(monkeypatch):
+    import trainer.health as health
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 3, 7, generator=gen), torch.randn(5, 3, 7, generator=gen)
+    inputs = _inputs([[1, 1, 0]] * 5, [True, False, True, True, False], temperature=0.7)
+    whole = batch_health(student, teacher, inputs)
+    monkeypatch.setattr(health, "CHUNK_ELEMENTS", 2 * 3 * 7)  # two rows per chunk
+    assert batch_health(student, teacher, inputs) == pytest.approx(whole, rel=1e-6)
