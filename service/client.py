@@ -244,6 +244,27 @@ class Client:
         }
         return self._post(f"/v1/environments/{name}/try", body)["items"]
 
+    def probe_environment(
+        self,
+        name: str,
+        *,
+        model: str = "tiny",
+        groups: int = 4,
+        samples_per_prompt: int = 8,
+        max_new_tokens: int = 16,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """The teacher-student gap, teacher-signal share and base reward of a few groups,
+        before any training (docs/operating.md "Run health")."""
+        body = {
+            "model": model,
+            "groups": groups,
+            "samples_per_prompt": samples_per_prompt,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        }
+        return self._post(f"/v1/environments/{name}/probe", body)
+
     # -- runs -----------------------------------------------------------------------
 
     def create_run(
