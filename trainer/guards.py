@@ -62,11 +62,12 @@ def check(
     window = list(recent)[-cfg.patience :]
     if len(window) < cfg.patience:
         return None
+    steps = f"{cfg.patience} step{'s' if cfg.patience > 1 else ''}"
     if cfg.entropy_min is not None and _all(window, "entropy", lambda v: v < cfg.entropy_min):
         return Stop(
             step,
             "entropy_min",
-            f"entropy stayed below {cfg.entropy_min} for {cfg.patience} steps "
+            f"entropy stayed below {cfg.entropy_min} for {steps} "
             f"({window[-1]['entropy']:.4f} at step {step}; guard.entropy_min)",
         )
     limit = cfg.response_tokens_max
@@ -74,7 +75,7 @@ def check(
         return Stop(
             step,
             "response_tokens_max",
-            f"mean response length stayed above {limit} tokens for {cfg.patience} steps "
+            f"mean response length stayed above {limit} tokens for {steps} "
             f"({window[-1]['response_tokens_mean']:.1f} at step {step}; "
             "guard.response_tokens_max)",
         )
