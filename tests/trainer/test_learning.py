@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from trainer.loop import train
+from trainer.loop import RunPolicy, train
 from trainer.presets import preset
 
 
@@ -46,3 +46,35 @@ def test_self_distillation_over_tool_episodes_raises_lookup_success(tmp_path):
     early, late = trained[:5], trained[-5:]
     calls = [sum(r["tool_calls_mean"] for r in rs) / 5 for rs in (early, late)]
     assert calls[1] > calls[0] + 0.2, calls  # the student learnt to call the tool
+
+
+@pytest.mark.slow
+def test_a_guarded_ema_teacher_run_stops_before_its_collapse_with_its_best_checkpoint_kept(
+    tmp_path,
+):
+    """The EMA teacher (rate 0.05) collapses on arithmetic (benchmarks/README.md): held-out
+    accuracy climbs, then falls far below its best within a few evaluations. With
+    `guard.eval_drop` the run stops itself at the first evaluation that far below the
+    best, and the best milestone's checkpoint scores exactly what its evaluation said."""
+    cfg = preset(
+        "sdpo",
+        {
+            "steps": 300,
+            "seed": 0,
+            "teacher": {"weights": "ema", "rate": 0.05},
+            "eval": {"every": 25, "size": 256},
+            "guard": {"eval_drop": 0.15},
+        },
+    )
+    summary = train(cfg, tmp_path)
+
+    stopped = summary["stopped"]
+    assert stopped is not None and stopped["guard"] == "eval_drop", summary
+    assert stopped["step"] < cfg.steps
+    assert summary["best_eval_accuracy"] - summary["final_eval_accuracy"] >= 0.15
+    assert summary["best_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.2, summary
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == stopped["step"]
+    with RunPolicy.open(cfg, train=False) as best:
+        best.load_weights(summary["best_checkpoint"])
+        assert best.evaluate() == summary["best_eval_accuracy"]
