@@ -2,7 +2,7 @@
 
 No part of the pipeline is scripted here: the policy samples, the environment scores,
 the teacher context is built from feedback, and the student is trained on the teacher's
-token scores. Held-out greedy accuracy must rise by at least 20 points.
+token scores. Held-out greedy accuracy must rise by at least 50 points in 100 steps.
 """
 
 import json
@@ -14,12 +14,12 @@ from trainer.presets import preset
 
 
 @pytest.mark.slow
-def test_self_distillation_raises_held_out_accuracy_by_20_points(tmp_path):
-    cfg = preset("sdpo", {"steps": 150, "seed": 0, "eval": {"every": 150, "size": 256}})
+def test_self_distillation_raises_held_out_accuracy_by_50_points(tmp_path):
+    cfg = preset("sdpo", {"steps": 100, "seed": 0, "eval": {"every": 100, "size": 256}})
     summary = train(cfg, tmp_path)
-    assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.20, summary
+    assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.50, summary
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(151))
+    assert [r["step"] for r in records] == list(range(101))
 
 
 @pytest.mark.slow
@@ -64,6 +64,10 @@ def test_a_guarded_ema_teacher_run_stops_before_its_collapse_with_its_best_check
             "teacher": {"weights": "ema", "rate": 0.05},
             "eval": {"every": 25, "size": 256},
             "guard": {"eval_drop": 0.15},
+            # the configuration measured to collapse (benchmarks/README.md, the ablation)
+            "prompts_per_step": 8,
+            "samples_per_prompt": 8,
+            "optim": {"lr": 2e-4},
         },
     )
     summary = train(cfg, tmp_path)
