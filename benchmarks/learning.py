@@ -1,11 +1,13 @@
 """Self-distillation vs GRPO at an equal number of sampled responses.
 
 Runs each algorithm's default configuration (trainer/presets.py) on a task with a tiny
-model for several seeds, then writes the accuracy curves as a table and a PNG. Tasks:
-`arithmetic` (single turn, `tiny`) and `tools` (multi-turn `lookup` episodes,
-`tiny-tools`). Usage:
+model for several seeds, then writes the accuracy curves as a table and a PNG, and the
+samples each algorithm needs to reach GRPO's best accuracy. Tasks: `arithmetic` (single
+turn, `tiny`), `sparse` (operands up to 99: rare successes) and `tools` (multi-turn
+`lookup` episodes, `tiny-tools`). Usage:
 
     python benchmarks/learning.py --steps 300 --seeds 0 1 2 --jobs 2
+    python benchmarks/learning.py --task sparse --steps 600 --eval-every 50
     python benchmarks/learning.py --task tools --steps 40 --eval-every 5
     python benchmarks/learning.py --report-only      # redraw from existing runs
     python benchmarks/learning.py --ablation --seeds 0   # self-distillation variants
@@ -148,13 +150,8 @@ def shape_report(names: list[str], seeds: list[int], at_steps: list[int]) -> str
             cells.append(f"{statistics.median(vals.values()):.3f} ({per_seed})")
         means = [statistics.mean(e.values()) for e in evals.values() if len(e) > 1]
         cells.append(f"{statistics.median(means):.3f}" if means else "-")
-        fracs = [
-            r["teacher_signal_frac"]
-            for recs in records.values()
-            for r in recs
-            if r.get("teacher_signal_frac") is not None
-        ]
-        cells.append(f"{statistics.mean(fracs):.3f}" if fracs else "-")
+        frac = mean_metric(list(records.values()), "teacher_signal_frac")
+        cells.append(f"{frac:.3f}" if frac is not None else "-")
         seeds_done = ",".join(str(s) for s in records)
         lines.append(f"| {name} | {seeds_done} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -204,9 +201,26 @@ def report(
             )
         else:
             lines.append(f"\nsdpo does not reach grpo's best accuracy ({target:.3f}).")
+    health = {
+        a: {m: mean_metric(runs, m) for m in ("teacher_signal_frac", "teacher_gap", "entropy")}
+        for a, runs in records.items()
+    }
+    lines.append(
+        "\nmean over steps and seeds: "
+        + "; ".join(
+            f"{a} " + ", ".join(f"{m} {v:.3f}" for m, v in h.items() if v is not None)
+            for a, h in health.items()
+        )
+    )
     lines += ["", reward_table(records, points)]
     plot(curves, mean, points, png, title)
     return "\n".join(lines)
+
+
+def mean_metric(runs: list[list[dict]], metric: str) -> float | None:
+    """`metric` averaged over every step of every run that records it."""
+    values = [r[metric] for recs in runs for r in recs if r.get(metric) is not None]
+    return statistics.mean(values) if values else None
 
 
 def samples_to_reach(curve: dict[int, float], target: float) -> float | None:
