@@ -98,13 +98,19 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "teacher": teacher.state_dict() if teacher is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
         torch.save(trainer_state, tmp / TRAINER_STATE)
         (tmp / STATE_JSON).write_text(state_json)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, path)
+    return path
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the complete directory `tmp` to `path`, replacing what is there."""
     old = path.with_name(f".{path.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -112,7 +118,6 @@ def save_checkpoint(
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", path)
-    return path
 
 
 def load_checkpoint(
@@ -136,7 +141,7 @@ def load_checkpoint(
         scheduler.load_state_dict(trainer_state["scheduler"])
     if teacher is not None:
         teacher.load_state_dict(trainer_state["teacher"])
-    _set_rng_state(trainer_state["rng"])
+    set_rng_state(trainer_state["rng"])
     logger.info("loaded checkpoint %s", path)
     return json.loads((path / STATE_JSON).read_text())
 
@@ -191,15 +196,7 @@ def load_weights(policy: nn.Module, path: str | Path) -> None:
                 f"unexpected {result.unexpected_keys[:5]}"
             )
         return
-    index = path / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        if index.is_file()
-        else ["model.safetensors"]
-    )
-    weights = {}
-    for file in files:
-        weights.update(load_file(path / file))
+    weights = read_weights(path)
     result = policy.load_state_dict(weights, strict=False)
     # safetensors drops tied aliases (e.g. lm_head.weight = embed_tokens.weight)
     own = policy.state_dict(keep_vars=True)
@@ -211,7 +208,22 @@ def load_weights(policy: nn.Module, path: str | Path) -> None:
         )
 
 
-def _rng_state() -> dict:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Hugging Face directory (one safetensors file or several)."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.is_file()
+        else ["model.safetensors"]
+    )
+    weights = {}
+    for file in files:
+        weights.update(load_file(path / file))
+    return weights
+
+
+def rng_state() -> dict:
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
     return {
@@ -222,7 +234,7 @@ def _rng_state() -> dict:
     }
 
 
-def _set_rng_state(rng: dict) -> None:
+def set_rng_state(rng: dict) -> None:
     random.setstate(rng["python"])
     numpy_state = rng["numpy"]
     numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
@@ -159,6 +160,8 @@ class TransformersSampler:
                 output_logits=True,
                 return_dict_in_generate=True,
                 logits_processor=LogitsProcessorList([draw]) if draw is not None else None,
+                # a sharded model: every process runs each forward pass until all are done
+                **({"synced_gpus": True} if isinstance(self.model, FSDPModule) else {}),
             )
         finally:
             self.model.train(was_training)

@@ -15,6 +15,7 @@ import torch
 
 from trainer.batch import Batch, Sample, build_sequences, response_tensors
 from trainer.config import OptimConfig, RunConfig
+from trainer.distributed import SINGLE, World, full_tensor, interleave, shard
 from trainer.losses import LossInputs, policy_loss
 from trainer.model import pick_dtype
 from trainer.prefix import shared_prefix_logits
@@ -53,10 +54,21 @@ class StepResult:
 class Learner:
     """Optimiser, schedule and teacher around a policy; `step(batch)` trains once."""
 
-    def __init__(self, policy: torch.nn.Module, pad_id: int, cfg: RunConfig) -> None:
+    def __init__(
+        self, policy: torch.nn.Module, pad_id: int, cfg: RunConfig, world: World = SINGLE
+    ) -> None:
+        """With several processes (`world`), the policy is sharded here, in place, after
+        the teacher took its copy of the whole model (trainer/distributed.py)."""
         self.policy = policy
         self.pad_id = pad_id
         self.cfg = cfg
+        self.world = world
+        uses_teacher = cfg.loss.distill_weight > 0 or cfg.loss.advantage_mix is not None
+        self.teacher = Teacher(policy, cfg.teacher) if uses_teacher else None
+        if world.sharded:
+            shard(policy)
+            if self.teacher is not None:
+                self.teacher.shard()
         self.device = next(policy.parameters()).device
         self.autocast_dtype = pick_dtype(cfg.optim.bf16, self.device)
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -67,8 +79,6 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, o, max(cfg.steps, 1))
         )
-        uses_teacher = cfg.loss.distill_weight > 0 or cfg.loss.advantage_mix is not None
-        self.teacher = Teacher(policy, cfg.teacher) if uses_teacher else None
         self.steps_done = 0
 
     def _autocast(self):
@@ -77,14 +87,17 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def step(self, batch: Batch) -> StepResult:
-        """One optimiser step over the batch, in `grad_accumulation` micro-batches of whole groups."""
+        """One optimiser step over the batch, in `grad_accumulation` micro-batches of whole
+        groups; with several processes each trains its own whole groups of every micro-batch
+        and the losses, gradients and metrics are its shares of the whole batch's."""
         self.policy.train()
         micro_batches = batch.split(self.cfg.optim.grad_accumulation)
         totals: dict[str, float] = {}
-        log_ratios: list[list[float | None]] = []
+        log_ratios: list[list[list[float | None]]] = []  # per micro-batch, this process's rows
         for micro in micro_batches:
             share = len(micro.samples) / len(batch.samples)
-            loss, metrics, log_ratio = self._loss(micro)
+            rows = self.world.rows(len(micro.samples), micro.group_size)
+            loss, metrics, log_ratio = self._loss(micro, rows if self.world.sharded else None)
             (loss * share).backward()
             for k, v in metrics.items():  # means weighted by share; maxima over micro-batches
                 totals[k] = (
@@ -92,15 +105,17 @@ class Learner:
                     if k.endswith("_max")
                     else totals.get(k, 0.0) + v * share
                 )
-            log_ratios += [
-                model_token_values(row, s)
-                for row, s in zip(log_ratio.tolist(), micro.samples, strict=True)
-            ]
+            log_ratios.append(
+                [
+                    model_token_values(row, s)
+                    for row, s in zip(log_ratio.tolist(), micro.samples[rows], strict=True)
+                ]
+            )
+        totals = self.world.reduce_metrics(totals)
         if self.cfg.optim.grad_clip is not None:
             params = [p for p in self.policy.parameters() if p.requires_grad]
-            totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                params, self.cfg.optim.grad_clip
-            ).item()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            totals["grad_norm"] = full_tensor(norm).item()
         totals["lr"] = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -108,14 +123,20 @@ class Learner:
         if self.teacher is not None:
             self.teacher.update()
         self.steps_done += 1
-        return StepResult(totals, log_ratios)
+        return StepResult(totals, interleave(self.world.gather(log_ratios)))
 
-    def _loss(self, batch: Batch):
+    def _loss(self, batch: Batch, rows: slice | None = None):
+        """The loss of `batch`, or of its `rows` as their share of the batch's."""
         samples = batch.samples
-        student = build_sequences(
-            [s.prompt_ids for s in samples], [s.response_ids for s in samples], self.pad_id
+        part = (
+            batch if rows is None else Batch(samples[rows], batch.group_size, batch.policy_version)
         )
-        tensors = response_tensors(samples, student.response_width)
+        mine = part.samples
+        student = build_sequences(
+            [s.prompt_ids for s in mine], [s.response_ids for s in mine], self.pad_id
+        )
+        width = max(max(len(s.response_ids) for s in samples), 1)
+        tensors = response_tensors(samples, width)
         inputs = LossInputs(
             rewards=torch.tensor([s.reward for s in samples]),
             group_size=batch.group_size,
@@ -128,7 +149,7 @@ class Learner:
             **{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in vars(inputs).items()}
         )
         teacher_logits = (
-            self._teacher_logits(batch, student.response_width) if self.teacher else None
+            self._teacher_logits(part, student.response_width) if self.teacher else None
         )
         student = student.to(self.device)
         with self._autocast():
@@ -138,7 +159,7 @@ class Learner:
                 position_ids=student.position_ids,
             ).logits
         student_logits = student.response_logits(logits)  # [B, T, V]
-        return policy_loss(student_logits, teacher_logits, inputs, self.cfg.loss)
+        return policy_loss(student_logits, teacher_logits, inputs, self.cfg.loss, rows)
 
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch, response_width: int) -> torch.Tensor:
