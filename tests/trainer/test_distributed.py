@@ -28,24 +28,25 @@ from trainer.sharded_checkpoint import is_sharded
 from trainer.step import Learner
 
 SCRIPT = Path(__file__).with_name("torchrun_script.py")
-# one step in two processes adds the same float32 terms in another order
-WEIGHT_TOLERANCE = 1e-5
+# One step in two processes adds the same float32 terms in another order. Adam's first
+# step moves each weight by about lr (1e-3) times g / |g|, which shows a gradient's rounding
+# where it nearly cancels: the two steps' weights differ by under 1% of lr.
+LR = 1e-3
+WEIGHT_TOLERANCE = 0.01 * LR
 
 
 def torchrun(*args: str, processes: int = 2) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    subprocess.run(
-        [*command, f"--nproc-per-node={processes}", *args], check=True, timeout=300
-    )
+    subprocess.run([*command, f"--nproc-per-node={processes}", *args], check=True, timeout=300)
 
 
-def config(model_dir: Path, **overrides):
+def config(model: Path | str, **overrides):
     base = {
-        "model": str(model_dir),
+        "model": str(model),
         "steps": 2,
         "prompts_per_step": 4,
         "samples_per_prompt": 2,
-        "sampling": {"max_new_tokens": 6},
+        "sampling": {"max_new_tokens": 8},
         "eval": {"every": 2, "size": 8},
         "env_config": {"eval_size": 8},
     }
@@ -53,7 +54,7 @@ def config(model_dir: Path, **overrides):
 
 
 CASES = {
-    "sdpo, frozen teacher": {},
+    "sdpo, frozen teacher": {"optim": {"lr": LR, "warmup_steps": 0}},
     "mixed, EMA teacher, 2 micro-batches, sequence mean, batch-scaled GRPO, clipped": {
         "loss": {
             "distill_weight": 0.5,
@@ -61,7 +62,7 @@ CASES = {
             "grpo": {"scaling": "batch"},
         },
         "teacher": {"weights": "ema", "rate": 0.5},
-        "optim": {"grad_accumulation": 2, "grad_clip": 0.5, "lr": 1e-3},
+        "optim": {"grad_accumulation": 2, "grad_clip": 0.5, "lr": LR, "warmup_steps": 0},
     },
 }
 
@@ -74,7 +75,7 @@ def learner(cfg) -> Learner:
 def test_each_process_trains_whole_groups_of_every_micro_batch():
     worlds = [World(rank, 2) for rank in range(2)]
     assert [w.rows(8, 2) for w in worlds] == [slice(0, 4), slice(4, 8)]
-    assert [w.rows(6, 2) for w in worlds] == [slice(0, 2), slice(2, 6)]
+    assert [w.rows(6, 2) for w in worlds] == [slice(0, 4), slice(4, 6)]  # as Batch.split
     assert SINGLE.rows(6, 2) == slice(0, 6)
     with pytest.raises(WorldError, match="prompts_per_step must be at least"):
         worlds[0].rows(2, 2)
@@ -82,16 +83,19 @@ def test_each_process_trains_whole_groups_of_every_micro_batch():
     assert interleave(parts) == [1, 2, 3, 5, 6, 7]
 
 
-def test_one_step_in_two_processes_equals_the_one_process_step(random_model_dir, tmp_path):
-    cfgs = [config(random_model_dir, **overrides) for overrides in CASES.values()]
+def test_one_step_in_two_processes_equals_the_one_process_step(tmp_path):
+    """The real tiny model, so that rewards differ within groups (GRPO advantages)."""
+    cfgs = [config("tiny", samples_per_prompt=4, **overrides) for overrides in CASES.values()]
     with RunPolicy.open(cfgs[0], "cpu", train=False) as session:
         tasks = list(session.env.dataset("train"))
-        batch = sample_step(RunPlan(cfgs[0]), session, tasks, 1, 0).batch
+        batch = sample_step(RunPlan(cfgs[0]), session, tasks, 2, 0).batch
     assert batch.needs_teacher and len({s.reward for s in batch.samples}) > 1
     (tmp_path / "batch.pkl").write_bytes(pickle.dumps(batch))
     (tmp_path / "cases.json").write_text(json.dumps([c.model_dump(mode="json") for c in cfgs]))
 
-    torchrun(str(SCRIPT), "step", *(str(tmp_path / f) for f in ("cases.json", "batch.pkl", "out.pt")))
+    torchrun(
+        str(SCRIPT), "step", *(str(tmp_path / f) for f in ("cases.json", "batch.pkl", "out.pt"))
+    )
     sharded = torch.load(tmp_path / "out.pt", weights_only=False)
 
     for name, cfg, two in zip(CASES, cfgs, sharded, strict=True):
@@ -103,7 +107,7 @@ def test_one_step_in_two_processes_equals_the_one_process_step(random_model_dir,
         assert two["weights"].keys() == weights.keys()
         moved = max((weights[k] - initial[k]).abs().max().item() for k in weights)
         gap = max((two["weights"][k] - weights[k]).abs().max().item() for k in weights)
-        assert gap < WEIGHT_TOLERANCE < moved, (name, gap, moved)
+        assert gap < WEIGHT_TOLERANCE and moved == pytest.approx(LR, rel=0.1), (name, gap, moved)
         assert two["metrics"].keys() == result.metrics.keys(), name
         for key, value in result.metrics.items():
             assert two["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
@@ -146,12 +150,20 @@ def test_a_run_saved_by_two_processes_resumes_in_one_and_the_other_way_round(
     # two processes train, one resumes
     two_dir = tmp_path / "two"
     torchrun(
-        "-m", "service.cli", "train", "--out", str(two_dir), "--config", str(tmp_path / "config.json")
+        "-m",
+        "service.cli",
+        "train",
+        "--out",
+        str(two_dir),
+        "--config",
+        str(tmp_path / "config.json"),
     )
     two_ckpt = checkpoint_path(two_dir, 2)
     assert is_sharded(two_ckpt)
     assert json.loads((two_dir / "summary.json").read_text())["world_size"] == 2
-    torchrun(str(SCRIPT), "state", str(tmp_path / "config.json"), str(two_ckpt), str(tmp_path / "two.pt"))
+    torchrun(
+        str(SCRIPT), "state", str(tmp_path / "config.json"), str(two_ckpt), str(tmp_path / "two.pt")
+    )
     saved_by_two = torch.load(tmp_path / "two.pt", weights_only=False)
     resumed_by_one = resumed_state(cfg, two_ckpt)
     assert_same_state(saved_by_two, resumed_by_one)
@@ -164,15 +176,27 @@ def test_a_run_saved_by_two_processes_resumes_in_one_and_the_other_way_round(
     train(cfg, one_dir, device="cpu")
     one_ckpt = checkpoint_path(one_dir, 2)
     assert not is_sharded(one_ckpt)
-    torchrun(str(SCRIPT), "state", str(tmp_path / "config.json"), str(one_ckpt), str(tmp_path / "one.pt"))
-    assert_same_state(resumed_state(cfg, one_ckpt), torch.load(tmp_path / "one.pt", weights_only=False))
+    torchrun(
+        str(SCRIPT), "state", str(tmp_path / "config.json"), str(one_ckpt), str(tmp_path / "one.pt")
+    )
+    assert_same_state(
+        resumed_state(cfg, one_ckpt), torch.load(tmp_path / "one.pt", weights_only=False)
+    )
 
     # and each run goes on in the other number of processes
     longer = cfg.model_copy(update={"steps": 3})
     (tmp_path / "longer.json").write_text(longer.model_dump_json())
     summary = train(longer, two_dir, device="cpu")
     assert summary["world_size"] == 1
-    torchrun("-m", "service.cli", "train", "--out", str(one_dir), "--config", str(tmp_path / "longer.json"))
+    torchrun(
+        "-m",
+        "service.cli",
+        "train",
+        "--out",
+        str(one_dir),
+        "--config",
+        str(tmp_path / "longer.json"),
+    )
     summary = json.loads((one_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
     for run in (one_dir, two_dir):

@@ -1,12 +1,12 @@
 """What tests/trainer/test_distributed.py runs in every process of a `torchrun` launch.
 
-    torchrun --nproc-per-node N torchrun_script.py step CASES BATCH OUT
-        for each RunConfig in the JSON list CASES: a fresh policy and learner, one
-        optimiser step on the pickled batch BATCH; the main process saves to OUT, per
-        case, the step's metrics, its log-ratios and the whole updated weights.
-    torchrun --nproc-per-node N torchrun_script.py state CONFIG CHECKPOINT OUT
-        a fresh learner resumed from CHECKPOINT; the main process saves to OUT its whole
-        weights, optimiser state (by parameter name) and schedule.
+torchrun --nproc-per-node N torchrun_script.py step CASES BATCH OUT
+    for each RunConfig in the JSON list CASES: a fresh policy and learner, one
+    optimiser step on the pickled batch BATCH; the main process saves to OUT, per
+    case, the step's metrics, its log-ratios and the whole updated weights.
+torchrun --nproc-per-node N torchrun_script.py state CONFIG CHECKPOINT OUT
+    a fresh learner resumed from CHECKPOINT; the main process saves to OUT its whole
+    weights, optimiser state (by parameter name) and schedule.
 """
 
 from __future__ import annotations
