@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from peft import PeftModel
 from torch import nn
@@ -122,7 +123,9 @@ def load_sharded(
     teacher_state = teacher.state_dict() if teacher is not None else None
     ema = teacher_state.get("ema", {}) if teacher_state is not None else {}
     sharded = _sharded_state(policy, optimizer, ema)
-    dcp.load(sharded, checkpoint_id=path / SHARDED_DIR)  # in place, resharded to this run
+    dcp.load(  # in place, resharded to this run's processes (one: no process group)
+        sharded, checkpoint_id=path / SHARDED_DIR, no_dist=not dist.is_initialized()
+    )
     set_model_state_dict(policy, sharded["model"])
     set_optimizer_state_dict(policy, optimizer, sharded["optimizer"])
     trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)

@@ -141,6 +141,7 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(value, b["optimizer"]["state"][name][key]), (name, key)
 
 
+@pytest.mark.slow
 def test_a_run_saved_by_two_processes_resumes_in_one_and_the_other_way_round(
     random_model_dir, tmp_path
 ):
