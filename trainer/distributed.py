@@ -1,5 +1,5 @@
 """Training across processes: torchrun's ranks, FSDP2 sharding, and how a step's work and
-its results are shared (docs/architecture.md "Several devices").
+its results are shared (docs/architecture.md "Several devices", docs/operating.md).
 
 A run trained by `torchrun` (or `opsd train --nproc-per-node N`) has one process per
 device. Every process holds the same run: it samples the same step with the same seed
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -51,10 +52,11 @@ class World:
         return self.size > 1
 
     def device(self, requested: str | None = None) -> str | None:
-        """The device this process trains on: the requested one, else its own GPU."""
-        if requested or not torch.cuda.is_available() or not self.sharded:
-            return requested
-        return f"cuda:{self.local_rank}"
+        """The device this process trains on: with several processes and GPUs, its own
+        GPU (for `cuda` or no choice); else the requested one."""
+        if self.sharded and requested in (None, "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return requested
 
     def rows(self, samples: int, group_size: int) -> slice:
         """This process's whole groups of a micro-batch of `samples` samples."""
@@ -115,13 +117,15 @@ def current_world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), dist.get_node_local_rank(0))
 
 
-def join_world() -> World:
+def join_world(timeout: timedelta | None = None) -> World:
     """Join the process group when started by torchrun (torch's elastic launcher), with
-    NCCL on GPUs and gloo on CPUs; a plain process stays `SINGLE`."""
+    NCCL on GPUs and gloo on CPUs; a plain process stays `SINGLE`. `timeout`: how long a
+    collective waits for the others (torch's default: 10 to 30 minutes)."""
     if dist.is_available() and not dist.is_initialized() and dist.is_torchelastic_launched():
         if torch.cuda.is_available():
             torch.cuda.set_device(dist.get_node_local_rank(0))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
         world = current_world()
         log.info("process %d of %d", world.rank, world.size)
     return current_world()

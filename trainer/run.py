@@ -22,6 +22,7 @@ trainer worker (training, checkpoints) drive them across processes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import shutil
@@ -35,7 +36,13 @@ import torch
 
 from envs.base import Task
 from trainer.batch import Batch
-from trainer.checkpoint import checkpoint_path, checkpoint_steps, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    STATE_JSON,
+    checkpoint_path,
+    checkpoint_steps,
+    load_checkpoint,
+    save_checkpoint,
+)
 from trainer.config import RunConfig
 from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
 from trainer.rollout import Rollout, budget_warning, rollout_stats
@@ -229,6 +236,12 @@ def load_step(path: str | Path, learner: Learner) -> dict[str, Any]:
     )
     learner.steps_done = state["step"]
     return state
+
+
+def world_size_of(path: str | Path) -> int:
+    """How many processes trained the checkpoint at `path` (1 when it does not say)."""
+    state = Path(path) / STATE_JSON
+    return json.loads(state.read_text()).get("world_size", 1) if state.is_file() else 1
 
 
 def prune_checkpoints(plan: RunPlan, run_dir: str | Path, keep: int) -> None:

@@ -17,12 +17,21 @@ from service.cli.common import fail
 
 NPROC_FLAG = "--nproc-per-node"
 
+
+def _nproc(value: str | None) -> str | None:
+    if value is None or value == "gpu" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise typer.BadParameter("a number of processes, or `gpu`: one per GPU of this machine")
+
+
 NprocOption = Annotated[
-    int | None,
+    str | None,
     typer.Option(
         NPROC_FLAG,
-        min=1,
-        help="train in N processes on this machine, one per device (torch's elastic launcher)",
+        callback=_nproc,
+        metavar="N|gpu",
+        help="train in N processes on this machine, one per device, or one per GPU (`gpu`), "
+        "through torch's elastic launcher",
     ),
 ]
 
@@ -40,7 +49,7 @@ def without_nproc(argv: list[str]) -> list[str]:
     return kept
 
 
-def relaunch(nproc: int) -> None:
+def relaunch(nproc: str) -> None:
     """Run this command line again in `nproc` processes (without `--nproc-per-node`);
     return when all of them have finished, fail when one failed."""
     from torch.distributed import is_torchelastic_launched

@@ -158,11 +158,11 @@ class Cluster:
 
         return self.spawn("api", ["serve"], answers, OPSD_PORT=str(port))
 
-    def spawn_worker(self, name: str) -> Process:
+    def spawn_worker(self, name: str, *flags: str) -> Process:
         def beats() -> bool:
             return bool(self.redis.exists(f"{self.prefix}:worker:{name}"))
 
-        return self.spawn(name, ["worker", "--id", name], beats)
+        return self.spawn(name, ["worker", "--id", name, *flags], beats)
 
     def wait_ready(self) -> None:
         for process in self.processes:
@@ -364,6 +364,34 @@ def test_a_killed_worker_is_replaced_and_its_pending_batch_claimed_and_trained_o
     cluster.wait_completed(run_id)
 
     assert_trained_exactly_once(cluster, run_id)  # w1's batch among them, once
+
+
+def test_a_worker_in_two_processes_trains_and_a_one_process_worker_resumes_its_run(cluster):
+    """`opsd worker --nproc-per-node 2`: its main process reads the bus and records, both
+    train (the policy sharded, gloo on CPU). Killed mid-run, it is replaced by a worker of
+    one process that resumes from its sharded checkpoints."""
+    cluster.spawn_api()
+    first = cluster.spawn_worker("w1", "--nproc-per-node", "2")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+    first.kill()  # the launcher and both processes
+    assert cluster.steps_done(run_id) < STEPS
+
+    cluster.spawn_worker("w2")
+    cluster.wait_ready()
+    cluster.wait_completed(run_id)
+
+    assert_trained_exactly_once(cluster, run_id)
+    with cluster.explained():
+        sizes = cluster.sql(
+            "SELECT step, metrics->>'world_size' FROM steps WHERE run_id = :r ORDER BY step",
+            r=run_id,
+        )
+        assert {size for step, size in sizes if step <= 3} == {"2"}, sizes
+        assert sizes[-1] == (STEPS, "1")
+        (completed,) = [e for e in cluster.repo.events_after(run_id) if e.kind == "completed"]
+        assert completed.payload["world_size"] == 1
 
 
 def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record(cluster):
