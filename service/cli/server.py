@@ -146,6 +146,8 @@ def worker(
         limit_torch_threads(settings.torch_threads)
     world = join_world(timeout=FOLLOWER_PATIENCE)
     if not world.is_main:  # trains what the main process announces, until it stops
+        for signum in (signal.SIGTERM, signal.SIGINT):  # the main process finishes its step
+            signal.signal(signum, signal.SIG_IGN)  # first, then tells this one to stop
         follow(world, settings.model_access())
         leave_world()
         return

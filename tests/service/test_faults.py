@@ -24,13 +24,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
 import redis
 from redis.exceptions import ResponseError
@@ -87,9 +88,16 @@ class Process:
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as when a machine dies."""
+        """SIGKILL to it and every process it started (torch's launcher starts each in a
+        session of its own): no shutdown code runs, as when a machine dies."""
         self.killed = True
+        started = []
+        with suppress(psutil.NoSuchProcess):
+            started = psutil.Process(self.popen.pid).children(recursive=True)
         self.signal(signal.SIGKILL)
+        for process in started:
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
         self.popen.wait(timeout=10)
 
     def signal(self, signum: signal.Signals) -> None:
