@@ -190,7 +190,7 @@ def test_train_refuses_a_number_of_processes_that_is_neither_a_count_nor_gpu(
     args = ["train", "--out", str(tmp_path / "run"), "--model", str(model_dir)]
     result = runner.invoke(app, args + ["--nproc-per-node", nproc])
     assert result.exit_code == 2 and "Traceback" not in result.output  # a usage error
-    assert "--nproc-per-node" in text(result) and "one per GPU" in text(result)
+    assert "Invalid value for '--nproc-per-node': a number of processes, or `gpu`" in text(result)
     assert_nothing_started(result, tmp_path / "run")
 
 
