@@ -150,33 +150,51 @@ def _save_policy(policy: nn.Module, directory: Path) -> None:
     if not isinstance(policy, PeftModel):
         policy.save_pretrained(directory)
         return
+    adapter = lora_adapter(policy)
+    base = policy.get_base_model()
+    base.save_pretrained(directory, state_dict=merged_state_dict(base, adapter))
+    policy.save_pretrained(directory / ADAPTER_DIR, selected_adapters=[adapter])
+
+
+def lora_adapter(policy: PeftModel) -> str:
+    """The trainable adapter of a LoRA policy, if a merged checkpoint can hold it."""
     adapter = policy.active_adapter
     peft_cfg = policy.peft_config[adapter]
     if getattr(peft_cfg, "use_dora", False) or getattr(peft_cfg, "lora_bias", False):
         raise CheckpointError("merged checkpoints support plain LoRA only (no DoRA, no lora_bias)")
     if getattr(peft_cfg, "modules_to_save", None):
         raise CheckpointError("merged checkpoints do not support modules_to_save")
-    base = policy.get_base_model()
-    base.save_pretrained(directory, state_dict=_merged_state_dict(base, adapter))
-    policy.save_pretrained(directory / ADAPTER_DIR, selected_adapters=[adapter])
+    return adapter
 
 
 @torch.no_grad()
-def _merged_state_dict(base: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+def merged_state_dict(
+    base: nn.Module, adapter: str, whole: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The base model's state dict with `adapter` merged in (as `merge_and_unload` would),
-    built tensor by tensor so that the policy itself is never modified."""
-    state = base.state_dict()
+    built tensor by tensor so that the policy itself is never modified. `whole`: the
+    base model's state dict gathered from a sharded model (trainer/sharded_checkpoint.py),
+    merged from its own tensors."""
+    state = base.state_dict() if whole is None else dict(whole)
     merged = {}
     for name, module in base.named_modules():
         if not isinstance(module, LoraLayer):
             continue
         prefix, base_prefix = f"{name}.", f"{name}.base_layer."
+        own = {}
         for key in [k for k in state if k.startswith(prefix)]:
-            tensor = state.pop(key)
+            own[key] = tensor = state.pop(key)
             if key.startswith(base_prefix):
                 merged[prefix + key.removeprefix(base_prefix)] = tensor
-        weight = module.get_base_layer().weight
-        delta = module.get_delta_weight(adapter)
+        if whole is None:
+            weight = module.get_base_layer().weight
+            delta = module.get_delta_weight(adapter)
+        else:
+            weight = merged[f"{name}.weight"]
+            lora_a = own[f"{prefix}lora_A.{adapter}.weight"]  # [r, in]
+            lora_b = own[f"{prefix}lora_B.{adapter}.weight"]  # [out, r]
+            delta = lora_b.float() @ lora_a.float()  # [out, in]
+            delta = (delta.T if module.fan_in_fan_out else delta) * module.scaling[adapter]
         merged[f"{name}.weight"] = (weight + delta).to(weight.dtype).cpu()
     return {**state, **merged}
 

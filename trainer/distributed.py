@@ -141,7 +141,8 @@ def shard(model: nn.Module) -> None:
     """Shard `model` in place with FSDP2: each transformer block, then the rest.
 
     The blocks are the modules transformers never splits (`_no_split_modules`); a peft
-    model is sharded around its base model's blocks, adapters included. Gradients are
+    model is sharded as its base model, adapters included (its `generate` calls the base
+    model directly, so the outermost sharded module must be that one). Gradients are
     summed across processes, not averaged: each process's loss is already its share of
     the batch's.
     """
@@ -149,14 +150,21 @@ def shard(model: nn.Module) -> None:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = set(getattr(base, "_no_split_modules", None) or [])
-    for module in list(model.modules()):
-        if module is not model and type(module).__name__ in blocks:
+    for module in list(base.modules()):
+        if module is not base and type(module).__name__ in blocks:
             fully_shard(module)
-    fully_shard(model)
+    fully_shard(base)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether `model` (or the base model inside it) is sharded by `shard`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) for module in model.modules())
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ process must call these functions; only the main one writes the files besides `s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from peft import PeftModel
+from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -38,9 +40,12 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainer.checkpoint import (
+    ADAPTER_DIR,
     STATE_JSON,
     TRAINER_STATE,
     CheckpointError,
+    lora_adapter,
+    merged_state_dict,
     move_into_place,
     read_weights,
     rng_state,
@@ -50,6 +55,7 @@ from trainer.distributed import World
 from trainer.teacher import Teacher
 
 SHARDED_DIR = "sharded"
+PEFT_PREFIX = "base_model.model."  # a peft model's names of its base model's tensors
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -79,8 +85,6 @@ def save_sharded(
     state: dict,
 ) -> Path:
     """Write a sharded checkpoint at `path` atomically (every process calls it)."""
-    if isinstance(policy, PeftModel):
-        raise CheckpointError("LoRA runs train in one process")
     path = Path(path)
     state_json = json.dumps({**state, "world_size": world.size}, indent=2)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -95,7 +99,7 @@ def save_sharded(
     ema = teacher_state.pop("ema", {}) if teacher_state is not None else {}
     dcp.save(_sharded_state(policy, optimizer, ema), checkpoint_id=tmp / SHARDED_DIR)
     if world.is_main:
-        policy.save_pretrained(tmp, state_dict=whole)
+        _save_whole_policy(policy, whole, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         trainer_state = {
@@ -142,11 +146,9 @@ def load_whole_into_sharded(
     teacher: Teacher | None,
 ) -> dict:
     """Resume a sharded policy from a checkpoint written by one process."""
-    if isinstance(policy, PeftModel):
-        raise CheckpointError("LoRA runs train in one process")
     path = Path(path)
     whole = StateDictOptions(full_state_dict=True, strict=False)  # tied aliases are not saved
-    set_model_state_dict(policy, read_weights(path), options=whole)
+    set_model_state_dict(policy, _whole_weights(policy, path), options=whole)
     trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
     saved = trainer_state["optimizer"]  # tensors numbered in the order of the trainable ones
     names = [name for name, p in policy.named_parameters() if p.requires_grad]
@@ -161,6 +163,35 @@ def load_whole_into_sharded(
     ema = (trainer_state["teacher"] or {}).get("ema", {})
     _restore_rest(trainer_state, scheduler, teacher, ema)
     return json.loads((path / STATE_JSON).read_text())
+
+
+def _save_whole_policy(policy: nn.Module, whole: dict[str, torch.Tensor], directory: Path) -> None:
+    """What trainer/checkpoint.py writes for the policy, from its gathered state dict."""
+    if not isinstance(policy, PeftModel):
+        policy.save_pretrained(directory, state_dict=whole)
+        return
+    adapter = lora_adapter(policy)
+    base = policy.get_base_model()
+    base_whole = {key.removeprefix(PEFT_PREFIX): tensor for key, tensor in whole.items()}
+    base.save_pretrained(directory, state_dict=merged_state_dict(base, adapter, base_whole))
+    policy.save_pretrained(directory / ADAPTER_DIR, selected_adapters=[adapter], state_dict=whole)
+
+
+def _whole_weights(policy: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The policy's weights in a one-process checkpoint, by the policy's names: the model,
+    or for LoRA the policy's own base weights with the saved adapter."""
+    if not isinstance(policy, PeftModel):
+        return read_weights(path)
+    adapter = policy.active_adapter
+    folder = path / ADAPTER_DIR if adapter == "default" else path / ADAPTER_DIR / adapter
+    saved = load_file(folder / "adapter_model.safetensors")  # peft's names: no adapter name
+    whole = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True))
+    for key, tensor in saved.items():
+        name = re.sub(r"\.(lora_[AB])\.", rf".\1.{adapter}.", key)
+        if name not in whole:
+            raise CheckpointError(f"adapter does not fit the policy: unexpected {key}")
+        whole[name] = tensor
+    return whole
 
 
 def _restore_rest(

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-from trainer.checkpoint import checkpoint_path, read_weights
+from trainer.checkpoint import checkpoint_path, merged_state_dict, read_weights
 from trainer.distributed import SINGLE, World, WorldError, interleave
 from trainer.loop import RunPolicy, train
 from trainer.presets import preset
@@ -63,6 +63,15 @@ CASES = {
         },
         "teacher": {"weights": "ema", "rate": 0.5},
         "optim": {"grad_accumulation": 2, "grad_clip": 0.5, "lr": LR, "warmup_steps": 0},
+    },
+    "LoRA, the base as frozen teacher": {
+        "lora": {"r": 4, "alpha": 8},
+        "optim": {"lr": LR, "warmup_steps": 0},
+    },
+    "LoRA, EMA adapter as teacher": {
+        "lora": {"r": 4, "alpha": 8},
+        "teacher": {"weights": "ema", "rate": 0.5},
+        "optim": {"lr": LR, "warmup_steps": 0},
     },
 }
 
@@ -142,10 +151,14 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_run_saved_by_two_processes_resumes_in_one_and_the_other_way_round(
-    random_model_dir, tmp_path
+    lora, random_model_dir, tmp_path
 ):
-    cfg = config(random_model_dir, teacher={"weights": "ema", "rate": 0.5})
+    """With the EMA teacher, whose weights are sharded too (a copy of the model, or a
+    second adapter)."""
+    adapter = {"lora": {"r": 4, "alpha": 8}} if lora else {}
+    cfg = config(random_model_dir, teacher={"weights": "ema", "rate": 0.5}, **adapter)
     (tmp_path / "config.json").write_text(cfg.model_dump_json())
 
     # two processes train, one resumes
@@ -168,9 +181,15 @@ def test_a_run_saved_by_two_processes_resumes_in_one_and_the_other_way_round(
     saved_by_two = torch.load(tmp_path / "two.pt", weights_only=False)
     resumed_by_one = resumed_state(cfg, two_ckpt)
     assert_same_state(saved_by_two, resumed_by_one)
-    hf_weights = read_weights(two_ckpt)  # the whole policy, gathered when it was saved
-    for key, value in hf_weights.items():
-        assert torch.equal(value, resumed_by_one["weights"][key]), key
+    if not lora:  # the whole policy, gathered when it was saved
+        for key, value in read_weights(two_ckpt).items():
+            assert torch.equal(value, resumed_by_one["weights"][key]), key
+    else:  # the merged policy, as a one-process run writes it
+        one = learner(cfg)
+        load_step(two_ckpt, one)
+        merged = merged_state_dict(one.policy.get_base_model(), one.policy.active_adapter)
+        for key, value in read_weights(two_ckpt).items():
+            assert torch.allclose(value, merged[key], atol=1e-6), key
 
     # one process trains, two resume
     one_dir = tmp_path / "one"
@@ -184,6 +203,8 @@ def test_a_run_saved_by_two_processes_resumes_in_one_and_the_other_way_round(
         resumed_state(cfg, one_ckpt), torch.load(tmp_path / "one.pt", weights_only=False)
     )
 
+    if lora:
+        return
     # and each run goes on in the other number of processes
     longer = cfg.model_copy(update={"steps": 3})
     (tmp_path / "longer.json").write_text(longer.model_dump_json())
