@@ -3,7 +3,8 @@ number of processes.
 
 A sharded checkpoint holds what trainer/checkpoint.py describes, but the state that is
 sharded is a torch distributed checkpoint, each process writing its own shards:
-    config.json, model.safetensors, ...   the policy, gathered whole by the main process:
+    config.json, model.safetensors, ...   the policy, gathered whole by the main process
+                                          (LoRA: merged, and `adapter/`, as in one process):
                                           what a sampler and `from_pretrained` load
     tokenizer files                       milestones
     sharded/                              `torch.distributed.checkpoint`: the policy's
