@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,11 @@ def load_sharded(
     teacher_state = teacher.state_dict() if teacher is not None else None
     ema = teacher_state.get("ema", {}) if teacher_state is not None else {}
     sharded = _sharded_state(policy, optimizer, ema)
-    dcp.load(  # in place, resharded to this run's processes (one: no process group)
-        sharded, checkpoint_id=path / SHARDED_DIR, no_dist=not dist.is_initialized()
-    )
+    with warnings.catch_warnings():  # one process reading shards is meant (it says so)
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(  # in place, resharded to this run's processes (one: no process group)
+            sharded, checkpoint_id=path / SHARDED_DIR, no_dist=not dist.is_initialized()
+        )
     set_model_state_dict(policy, sharded["model"])
     set_optimizer_state_dict(policy, optimizer, sharded["optimizer"])
     trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
