@@ -194,9 +194,8 @@ def train(
     out = Path(out_dir)
     metrics_path = out / "metrics.jsonl"
     plan = RunPlan(cfg)
-    with RunPolicy.open(
-        cfg, device, world=world
-    ) as session:  # a bad environment or model: nothing written
+    # a bad environment or model: nothing written
+    with RunPolicy.open(cfg, device, world=world) as session:
         if world.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(cfg.model_dump_json(indent=2))
