@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from service.cli.common import fail
+from service.cli.common import console, fail
 
 NPROC_FLAG = "--nproc-per-node"
 
@@ -51,8 +51,10 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 def relaunch(nproc: str) -> None:
     """Run this command line again in `nproc` processes (without `--nproc-per-node`);
-    return when all of them have finished, fail when one failed."""
+    return when all of them have finished or were stopped (SIGTERM, Ctrl-C: the launcher
+    passes the signal on and gives them 30 seconds), fail when one failed."""
     from torch.distributed import is_torchelastic_launched
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -62,5 +64,7 @@ def relaunch(nproc: str) -> None:
     args = get_args_parser().parse_args([*launcher, *without_nproc(sys.argv[1:])])
     try:
         run(args)
+    except SignalException as exc:
+        console.print(f"stopped by signal {exc.sigval.name}")
     except ChildFailedError as exc:
         raise fail(f"a process of the {nproc} failed: {exc}") from exc

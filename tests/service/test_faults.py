@@ -402,6 +402,26 @@ def test_a_worker_in_two_processes_trains_and_a_one_process_worker_resumes_its_r
         assert completed.payload["world_size"] == 1
 
 
+def test_a_worker_in_two_processes_stopped_with_sigterm_finishes_its_step_and_exits(cluster):
+    """The launcher passes SIGTERM on; the main process finishes the step it is in, then
+    tells the other to stop. The run goes on with the next worker."""
+    cluster.spawn_api()
+    first = cluster.spawn_worker("w1", "--nproc-per-node", "2")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+    first.popen.send_signal(signal.SIGTERM)  # the launcher alone, as `docker stop` does
+    assert first.popen.wait(timeout=60) == 0, first.tail()
+    first.killed = True  # stopped on purpose
+    assert "worker stopped" in first.tail(), first.tail()
+    assert cluster.repo.get_run(run_id).status == RunStatus.running
+
+    cluster.spawn_worker("w2")
+    cluster.wait_ready()
+    cluster.wait_completed(run_id)
+    assert_trained_exactly_once(cluster, run_id)
+
+
 def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record(cluster):
     cluster.spawn_api()
     worker = cluster.spawn_worker("w1")
