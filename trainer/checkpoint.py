@@ -98,13 +98,19 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "teacher": teacher.state_dict() if teacher is not None else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
         torch.save(trainer_state, tmp / TRAINER_STATE)
         (tmp / STATE_JSON).write_text(state_json)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, path)
+    return path
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Rename the complete directory `tmp` to `path`, replacing what is there."""
     old = path.with_name(f".{path.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -112,7 +118,6 @@ def save_checkpoint(
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", path)
-    return path
 
 
 def load_checkpoint(
@@ -136,7 +141,7 @@ def load_checkpoint(
         scheduler.load_state_dict(trainer_state["scheduler"])
     if teacher is not None:
         teacher.load_state_dict(trainer_state["teacher"])
-    _set_rng_state(trainer_state["rng"])
+    set_rng_state(trainer_state["rng"])
     logger.info("loaded checkpoint %s", path)
     return json.loads((path / STATE_JSON).read_text())
 
@@ -145,33 +150,51 @@ def _save_policy(policy: nn.Module, directory: Path) -> None:
     if not isinstance(policy, PeftModel):
         policy.save_pretrained(directory)
         return
+    adapter = lora_adapter(policy)
+    base = policy.get_base_model()
+    base.save_pretrained(directory, state_dict=merged_state_dict(base, adapter))
+    policy.save_pretrained(directory / ADAPTER_DIR, selected_adapters=[adapter])
+
+
+def lora_adapter(policy: PeftModel) -> str:
+    """The trainable adapter of a LoRA policy, if a merged checkpoint can hold it."""
     adapter = policy.active_adapter
     peft_cfg = policy.peft_config[adapter]
     if getattr(peft_cfg, "use_dora", False) or getattr(peft_cfg, "lora_bias", False):
         raise CheckpointError("merged checkpoints support plain LoRA only (no DoRA, no lora_bias)")
     if getattr(peft_cfg, "modules_to_save", None):
         raise CheckpointError("merged checkpoints do not support modules_to_save")
-    base = policy.get_base_model()
-    base.save_pretrained(directory, state_dict=_merged_state_dict(base, adapter))
-    policy.save_pretrained(directory / ADAPTER_DIR, selected_adapters=[adapter])
+    return adapter
 
 
 @torch.no_grad()
-def _merged_state_dict(base: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+def merged_state_dict(
+    base: nn.Module, adapter: str, whole: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The base model's state dict with `adapter` merged in (as `merge_and_unload` would),
-    built tensor by tensor so that the policy itself is never modified."""
-    state = base.state_dict()
+    built tensor by tensor so that the policy itself is never modified. `whole`: the
+    base model's state dict gathered from a sharded model (trainer/sharded_checkpoint.py),
+    merged from its own tensors."""
+    state = base.state_dict() if whole is None else dict(whole)
     merged = {}
     for name, module in base.named_modules():
         if not isinstance(module, LoraLayer):
             continue
         prefix, base_prefix = f"{name}.", f"{name}.base_layer."
+        own = {}
         for key in [k for k in state if k.startswith(prefix)]:
-            tensor = state.pop(key)
+            own[key] = tensor = state.pop(key)
             if key.startswith(base_prefix):
                 merged[prefix + key.removeprefix(base_prefix)] = tensor
-        weight = module.get_base_layer().weight
-        delta = module.get_delta_weight(adapter)
+        if whole is None:
+            weight = module.get_base_layer().weight
+            delta = module.get_delta_weight(adapter)
+        else:
+            weight = merged[f"{name}.weight"]
+            lora_a = own[f"{prefix}lora_A.{adapter}.weight"]  # [r, in]
+            lora_b = own[f"{prefix}lora_B.{adapter}.weight"]  # [out, r]
+            delta = lora_b.float() @ lora_a.float()  # [out, in]
+            delta = (delta.T if module.fan_in_fan_out else delta) * module.scaling[adapter]
         merged[f"{name}.weight"] = (weight + delta).to(weight.dtype).cpu()
     return {**state, **merged}
 
@@ -191,15 +214,7 @@ def load_weights(policy: nn.Module, path: str | Path) -> None:
                 f"unexpected {result.unexpected_keys[:5]}"
             )
         return
-    index = path / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        if index.is_file()
-        else ["model.safetensors"]
-    )
-    weights = {}
-    for file in files:
-        weights.update(load_file(path / file))
+    weights = read_weights(path)
     result = policy.load_state_dict(weights, strict=False)
     # safetensors drops tied aliases (e.g. lm_head.weight = embed_tokens.weight)
     own = policy.state_dict(keep_vars=True)
@@ -211,7 +226,22 @@ def load_weights(policy: nn.Module, path: str | Path) -> None:
         )
 
 
-def _rng_state() -> dict:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Hugging Face directory (one safetensors file or several)."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.is_file()
+        else ["model.safetensors"]
+    )
+    weights = {}
+    for file in files:
+        weights.update(load_file(path / file))
+    return weights
+
+
+def rng_state() -> dict:
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
     return {
@@ -222,7 +252,7 @@ def _rng_state() -> dict:
     }
 
 
-def _set_rng_state(rng: dict) -> None:
+def set_rng_state(rng: dict) -> None:
     random.setstate(rng["python"])
     numpy_state = rng["numpy"]
     numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)

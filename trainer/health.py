@@ -27,10 +27,13 @@ def token_entropy(logp: Tensor) -> Tensor:
     return -p_logp.sum(-1)
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> float | None:
-    """Mean of `values` where `mask` is set; None when the mask is empty.  [B, T], [B, T]"""
-    chosen = values[mask.bool()]
-    return chosen.mean().item() if chosen.numel() else None
+def masked_mean(values: Tensor, mask: Tensor, whole_mask: Tensor | None = None) -> float | None:
+    """Mean of `values` where `mask` is set; None when the mask is empty. With
+    `whole_mask`, the mask of the whole batch these rows are part of, the denominator is
+    the whole batch's, so the shares of its parts add up to its mean (docs/algorithm.md
+    "Several processes").  [B, T], [B, T], [B', T']"""
+    count = (mask if whole_mask is None else whole_mask).bool().sum().item()
+    return values[mask.bool()].sum().item() / count if count else None
 
 
 # Vocabulary-sized float32 copies are made a few rows at a time: the loss pass's own copies
@@ -47,7 +50,10 @@ def _row_chunks(*logits: Tensor) -> zip:
 
 @torch.no_grad()
 def sampling_entropy(
-    student_logits: Tensor, temperature: float, response_mask: Tensor
+    student_logits: Tensor,
+    temperature: float,
+    response_mask: Tensor,
+    whole_mask: Tensor | None = None,
 ) -> float | None:
     """`entropy`: the mean per-token entropy of the student's sampling distribution (the
     logits at the sampling temperature, before top-p / top-k) over the response tokens the
@@ -55,6 +61,7 @@ def sampling_entropy(
 
     student_logits  # [B, T, V]
     response_mask   # [B, T] 1 for model tokens
+    whole_mask      # [B', T'] the whole batch's, when these rows are a part of it (masked_mean)
     """
     entropy = torch.cat(  # [B, T]
         [
@@ -62,7 +69,7 @@ def sampling_entropy(
             for (chunk,) in _row_chunks(student_logits)
         ]
     )
-    return masked_mean(entropy, response_mask)
+    return masked_mean(entropy, response_mask, whole_mask)
 
 
 @torch.no_grad()
@@ -71,6 +78,7 @@ def teacher_gap(
     teacher_logits: Tensor,
     response_mask: Tensor,
     has_teacher_signal: Tensor,
+    whole_mask: Tensor | None = None,
 ) -> float | None:
     """`teacher_gap`: the mean per-token reverse KL(pi || q) over the whole vocabulary, at
     temperature 1, over the response tokens of the samples with a teacher signal
@@ -81,6 +89,7 @@ def teacher_gap(
     teacher_logits      # [B, T, V]
     response_mask       # [B, T] 1 for model tokens
     has_teacher_signal  # [B] bool
+    whole_mask          # [B', T'] the whole batch's signal tokens, when these rows are a part
     """
     kl = torch.cat(  # [B, T]
         [
@@ -88,25 +97,45 @@ def teacher_gap(
             for student, teacher in _row_chunks(student_logits, teacher_logits)
         ]
     )
-    mask = response_mask.float() * has_teacher_signal.float().unsqueeze(-1)  # [B, T]
-    return masked_mean(kl, mask)
+    return masked_mean(kl, signal_tokens(response_mask, has_teacher_signal), whole_mask)
+
+
+def signal_tokens(response_mask: Tensor, has_teacher_signal: Tensor) -> Tensor:
+    """The response tokens of the samples with a teacher signal.  [B, T], [B] -> [B, T]"""
+    return response_mask.float() * has_teacher_signal.float().unsqueeze(-1)
 
 
 @torch.no_grad()
 def batch_health(
-    student_logits: Tensor, teacher_logits: Tensor | None, batch: LossInputs
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    batch: LossInputs,
+    rows: slice | None = None,
 ) -> dict[str, float]:
     """The step metrics `entropy` and, when there are teacher logits, `teacher_gap`; a
-    measure with no token to average over is left out.
+    measure with no token to average over is left out. With `rows`, the logits are those
+    rows of `batch` and the measures their shares of the whole batch's (several processes).
 
-    student_logits  # [B, T, V]
-    teacher_logits  # [B, T, V] or None
+    student_logits  # [B, T, V] (or [rows, T', V])
+    teacher_logits  # the same shape, or None
     """
+    whole = batch
+    entropy_whole = gap_whole = None
+    if rows is not None:
+        batch = whole.select(rows, student_logits.shape[1])
+        entropy_whole = whole.response_mask
+        gap_whole = signal_tokens(whole.response_mask, whole.has_teacher_signal)
     found = {
-        "entropy": sampling_entropy(student_logits, batch.sampling_temperature, batch.response_mask)
+        "entropy": sampling_entropy(
+            student_logits, batch.sampling_temperature, batch.response_mask, entropy_whole
+        )
     }
     if teacher_logits is not None:
         found["teacher_gap"] = teacher_gap(
-            student_logits, teacher_logits, batch.response_mask, batch.has_teacher_signal
+            student_logits,
+            teacher_logits,
+            batch.response_mask,
+            batch.has_teacher_signal,
+            gap_whole,
         )
     return {name: value for name, value in found.items() if value is not None}

@@ -27,6 +27,7 @@ from sandbox.base import SandboxSettings
 from trainer.checkpoint import latest_checkpoint, load_weights
 from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
+from trainer.distributed import SINGLE, World, WorldError, join_world
 from trainer.episodes import collect_episodes, greedy_episode_accuracy
 from trainer.model import UNRESTRICTED, ModelAccess
 from trainer.model_names import resolve_model
@@ -65,14 +66,18 @@ class RunPolicy:
         data_dir: Path | None = None,
         sampler_dir: Path | None = None,
         model_access: ModelAccess = UNRESTRICTED,
+        world: World = SINGLE,
     ) -> RunPolicy:
         """Load the environment and the policy; `train=False` for a sampling-only copy.
         The service passes its own `sandbox` settings and `data_dir` (where environments
         run code and find data files), `model_access` (which models may be loaded) and
-        `sampler_dir` (where a vLLM server reads the weights it gets)."""
+        `sampler_dir` (where a vLLM server reads the weights it gets). With several
+        processes (`world`), each opens the run and the learner shards the policy."""
+        if world.sharded and cfg.sampling.backend != "transformers":
+            raise WorldError("across processes, runs sample with sampling.backend transformers")
         # the environment first: a bad config fails fast, before the model loads
         env = make_env(cfg.env, cfg.env_config, sandbox=sandbox, data_dir=data_dir)
-        policy, tokenizer = open_policy(cfg, device, model_access)
+        policy, tokenizer = open_policy(cfg, world.device(device), model_access)
         sampler = make_sampler(cfg, policy, tokenizer, model_access, sampler_dir)
         return cls(
             cfg=cfg,
@@ -81,7 +86,7 @@ class RunPolicy:
             env=env,
             builder=TeacherContextBuilder(tokenizer, cfg.context),
             sampler=sampler,
-            learner=Learner(policy, tokenizer.pad_token_id, cfg) if train else None,
+            learner=Learner(policy, tokenizer.pad_token_id, cfg, world) if train else None,
         )
 
     @property
@@ -187,29 +192,39 @@ def train(
     checkpoint_every: int | None = None,
 ) -> dict:
     """Run (or resume) `cfg` to completion; returns the summary written to summary.json.
-    Checkpoints: every milestone, and every `checkpoint_every` steps."""
+    Checkpoints: every milestone, and every `checkpoint_every` steps.
+
+    Started by torchrun, every process calls it: each samples the step (the main
+    process's samples are the ones trained on), trains its share and writes its shards of
+    the checkpoints; the main process writes the files and calls `on_step`."""
+    world = join_world()
     out = Path(out_dir)
     metrics_path = out / "metrics.jsonl"
     plan = RunPlan(cfg)
-    with RunPolicy.open(cfg, device) as session:  # a bad environment or model: nothing written
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    # a bad environment or model: nothing written
+    with RunPolicy.open(cfg, device, world=world) as session:
+        if world.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(cfg.model_dump_json(indent=2))
         train_tasks = list(session.env.dataset("train"))
         start, wall_before = 0, 0.0
         if (ckpt := latest_checkpoint(out)) is not None:
             state = load_step(ckpt, session.learner)
             start, wall_before = state["step"], state.get("wall_seconds", 0.0)
-            _truncate_metrics(metrics_path, start)
+            if world.is_main:
+                _truncate_metrics(metrics_path, start)
             log.info("resumed %s at step %d", out, start)
-        else:
+        elif world.is_main:
             metrics_path.write_text("")
+        world.barrier()
         evaluations = _evaluations(metrics_path)
         history = [r for r in _read_metrics(metrics_path) if r["step"] > 0]  # what guards read
         stopped = None
         began = time.monotonic() - wall_before
+        report = _report if world.is_main else _skip_report
         if start == 0:
             evaluations[0] = session.evaluate()
-            _report(
+            report(
                 metrics_path,
                 {"step": 0, "samples_seen": 0, "eval_accuracy": evaluations[0]},
                 on_step,
@@ -218,6 +233,7 @@ def train(
         for step in range(start + 1, cfg.steps + 1):
             step_began = time.monotonic()
             sampled = sample_step(plan, session, train_tasks, step, version=step - 1)
+            sampled = world.broadcast(sampled)  # every process trains on the same samples
             sampled.batch.id = f"step-{step}"
             outcome = train_step(plan, session.learner, session.tokenizer, sampled.batch, step)
             record = {
@@ -227,10 +243,10 @@ def train(
                 "step_seconds": time.monotonic() - step_began,
             }
             if plan.is_milestone(step):
-                evaluations[step] = record["eval_accuracy"] = session.evaluate()
-            _report(metrics_path, record, on_step)
+                evaluations[step] = record["eval_accuracy"] = world.broadcast(session.evaluate())
+            report(metrics_path, record, on_step)
             history = [*history, record][-cfg.guard.patience :]
-            stopped = plan.guard(step, history, evaluations)
+            stopped = plan.guard(step, history, evaluations)  # the same in every process
             keep = plan.is_milestone(step) or stopped is not None
             if keep or (checkpoint_every and step % checkpoint_every == 0):
                 state = {"batch_id": sampled.batch.id, "wall_seconds": time.monotonic() - began}
@@ -248,10 +264,12 @@ def train(
 
         summary = {
             **plan.summary(out, evaluations, stopped),
+            "world_size": world.size,
             "wall_seconds": time.monotonic() - began,
             "config": cfg.model_dump(mode="json"),
         }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if world.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -260,6 +278,10 @@ def _report(path: Path, record: dict, on_step: StepCallback | None) -> None:
         f.write(json.dumps(record) + "\n")
     if on_step:
         on_step(record)
+
+
+def _skip_report(path: Path, record: dict, on_step: StepCallback | None) -> None:
+    """Another process than the main one reports nothing."""
 
 
 def _read_metrics(path: Path) -> list[dict]:

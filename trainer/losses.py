@@ -34,6 +34,19 @@ class LossInputs:
     truncated: Tensor  # [B] bool, response cut off by the token budget
     sampling_temperature: float = 1.0  # temperature of sampler_logp; the surrogate uses it too
 
+    def select(self, rows: slice, width: int) -> LossInputs:
+        """The inputs of `rows` only, cut to `width` response positions."""
+        return LossInputs(
+            response_ids=self.response_ids[rows, :width],
+            response_mask=self.response_mask[rows, :width],
+            sampler_logp=self.sampler_logp[rows, :width],
+            rewards=self.rewards[rows],
+            group_size=self.group_size,
+            has_teacher_signal=self.has_teacher_signal[rows],
+            truncated=self.truncated[rows],
+            sampling_temperature=self.sampling_temperature,
+        )
+
 
 def _kl(logp: Tensor, logq: Tensor) -> Tensor:
     """KL(P || Q) = sum_v P (log P - log Q) over the last dim.  [..., V] -> [...]
@@ -108,17 +121,21 @@ def sampling_token_logp(student_logits: Tensor, batch: LossInputs) -> Tensor:
 
 
 @torch.no_grad()
-def sampler_gap(trainer_logp: Tensor, batch: LossInputs) -> dict[str, float]:
+def sampler_gap(
+    trainer_logp: Tensor, batch: LossInputs, whole_tokens: Tensor | None = None
+) -> dict[str, float]:
     """How far the sampler's log-probs of the sampled tokens are from the trainer's
     (`trainer_logp`, sampling_token_logp), before this step's update: the two engines'
     numerics when the batch is on-policy (another sampler, vLLM, computes them its own
     way), plus the policy's drift since sampling when it is not. Mean and max over
-    response tokens."""
+    response tokens; with `whole_tokens` (the response tokens of the whole batch these
+    rows belong to) the mean is these rows' share of the whole batch's."""
     gap = (trainer_logp.detach() - batch.sampler_logp).abs()[batch.response_mask.bool()]
     if gap.numel() == 0:
         gap = torch.zeros(1)
+    mean = gap.mean() if whole_tokens is None else gap.sum() / whole_tokens.clamp(min=1)
     return {
-        "sampler_logprob_gap_mean": gap.mean().item(),
+        "sampler_logprob_gap_mean": mean.item(),
         "sampler_logprob_gap_max": gap.max().item(),
     }
 
@@ -231,25 +248,33 @@ def clipped_surrogate(
 
 
 def aggregate(
-    loss_per_token: Tensor, mask: Tensor, how: Literal["token_mean", "sequence_mean"]
+    loss_per_token: Tensor,
+    mask: Tensor,
+    how: Literal["token_mean", "sequence_mean"],
+    whole_mask: Tensor | None = None,
 ) -> Tensor:
     """Masked mean of a per-token loss (docs/algorithm.md "Aggregation and masks").  -> scalar
 
     token_mean: over all unmasked tokens of the batch. sequence_mean: per-sequence mean, then
     the mean over sequences with at least one unmasked token. An all-zero mask gives 0 with the
-    graph intact; masked positions never leak (not even inf/NaN ones).
+    graph intact; masked positions never leak (not even inf/NaN ones). With `whole_mask`, the
+    mask of the whole batch these rows are part of, the mean's denominator is the whole
+    batch's: the shares of all its parts add up to its mean (docs/algorithm.md "Several
+    processes").
 
     loss_per_token  # [B, T]
     mask            # [B, T] 0/1
+    whole_mask      # [B', T'] 0/1, or None
     """
     mask = mask.to(loss_per_token.dtype)
+    whole = mask if whole_mask is None else whole_mask.to(loss_per_token.dtype)
     masked_loss = torch.where(mask > 0, loss_per_token * mask, 0.0)  # [B, T]
     if how == "token_mean":
-        return masked_loss.sum() / mask.sum().clamp(min=1)
+        return masked_loss.sum() / whole.sum().clamp(min=1)
     if how == "sequence_mean":
         tokens_per_seq = mask.sum(-1)  # [B]
         loss_per_seq = masked_loss.sum(-1) / tokens_per_seq.clamp(min=1)  # [B]
-        n_seqs = (tokens_per_seq > 0).sum().clamp(min=1)
+        n_seqs = (whole.sum(-1) > 0).sum().clamp(min=1)
         return loss_per_seq.sum() / n_seqs
     raise ValueError(f"unknown aggregation {how!r}")
 
@@ -280,7 +305,11 @@ def loss_mask(
 
 
 def policy_loss(
-    student_logits: Tensor, teacher_logits: Tensor | None, batch: LossInputs, cfg: LossConfig
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    batch: LossInputs,
+    cfg: LossConfig,
+    rows: slice | None = None,
 ) -> tuple[Tensor, dict[str, float], Tensor]:
     """The training loss: GRPO and self-distillation mixed (docs/algorithm.md "Mixing").
 
@@ -291,7 +320,13 @@ def policy_loss(
     The surrogate's log pi(y_t) comes from the student logits at batch.sampling_temperature against
     logp_old = batch.sampler_logp; A_sd and the distillation term use cfg.distill.temperature.
 
-    student_logits  # [B, T, V] with grad, aligned with batch.response_ids
+    `rows`: the rows of `batch` the logits hold, when this process trains a part of the
+    batch (docs/algorithm.md "Several processes"). The GRPO advantages and the denominator
+    of every mean are then the whole batch's, so the loss and the mean metrics are this
+    part's shares, which add up over the parts to the whole batch's; the logits may be
+    narrower than the batch (the part's own response width).
+
+    student_logits  # [B, T, V] with grad, aligned with batch.response_ids (or its `rows`)
     teacher_logits  # [B, T, V] or None
     returns (loss scalar, metrics, log_ratio [B, T]; zeros when the teacher is not used)
     """
@@ -301,12 +336,27 @@ def policy_loss(
         raise ValueError(
             "teacher_logits are required when distill_weight > 0 or advantage_mix is set"
         )
-    grpo_mask = loss_mask(  # [B, T]
-        batch.response_mask, batch.has_teacher_signal, batch.truncated, cfg.mask_truncated, False
+    whole = batch
+    if rows is not None:
+        batch = whole.select(rows, student_logits.shape[1])
+    grpo_mask, distill_mask = (  # [B, T]
+        loss_mask(
+            batch.response_mask, batch.has_teacher_signal, batch.truncated, cfg.mask_truncated, d
+        )
+        for d in (False, True)
     )
-    distill_mask = loss_mask(  # [B, T]
-        batch.response_mask, batch.has_teacher_signal, batch.truncated, cfg.mask_truncated, True
-    )
+    grpo_whole = distill_whole = None  # the whole batch's masks, when these are some of its rows
+    if rows is not None:
+        grpo_whole, distill_whole = (
+            loss_mask(
+                whole.response_mask,
+                whole.has_teacher_signal,
+                whole.truncated,
+                cfg.mask_truncated,
+                d,
+            )
+            for d in (False, True)
+        )
     log_ratio = torch.zeros_like(batch.sampler_logp, dtype=torch.float32)  # [B, T]
     use_grpo = mix is not None or w < 1
     distill_loss = grpo_loss = None
@@ -315,8 +365,10 @@ def policy_loss(
         use_grpo
     ):  # per-sample GRPO advantage on every token, log pi(y_t) at the sampling temperature
         adv_grpo = grpo_advantages(  # [B]
-            batch.rewards, batch.group_size, cfg.grpo.scaling, cfg.grpo.eps_std
+            whole.rewards, whole.group_size, cfg.grpo.scaling, cfg.grpo.eps_std
         )
+        if rows is not None:
+            adv_grpo = adv_grpo[rows]
         logp_token = sampling_token_logp(student_logits, batch)  # [B, T]
         advantages = adv_grpo.unsqueeze(-1).expand_as(logp_token)  # [B, T]
     else:  # only the sampler gap needs it
@@ -337,30 +389,40 @@ def policy_loss(
         pg_loss = clipped_surrogate(
             logp_token, batch.sampler_logp, advantages, cfg.grpo.epsilon, cfg.grpo.epsilon_high
         )  # [B, T]
-        loss = aggregate(pg_loss, grpo_mask, cfg.aggregation)
+        loss = aggregate(pg_loss, grpo_mask, cfg.aggregation, grpo_whole)
     else:  # loss mix; at least one of the two terms has a nonzero weight
         loss = 0.0
         if w < 1:
             pg_loss = clipped_surrogate(
                 logp_token, batch.sampler_logp, advantages, cfg.grpo.epsilon, cfg.grpo.epsilon_high
             )  # [B, T]
-            grpo_loss = aggregate(pg_loss, grpo_mask, cfg.aggregation)
+            grpo_loss = aggregate(pg_loss, grpo_mask, cfg.aggregation, grpo_whole)
             loss = loss + (1 - w) * grpo_loss
         if w > 0:
             distill_per_token, log_ratio = distill_token_loss(  # [B, T], [B, T]
                 student_logits, teacher_logits, batch.response_ids, cfg.distill, batch.sampler_logp
             )
-            distill_loss = aggregate(distill_per_token, distill_mask, cfg.aggregation)
+            distill_loss = aggregate(
+                distill_per_token, distill_mask, cfg.aggregation, distill_whole
+            )
             loss = loss + w * distill_loss
 
-    metrics = {"loss": loss.item(), **sampler_gap(logp_token, batch)}
+    whole_tokens = None if rows is None else whole.response_mask.sum()
+    metrics = {"loss": loss.item(), **sampler_gap(logp_token, batch, whole_tokens)}
     if distill_loss is not None:
         metrics["distill_loss"] = distill_loss.item()
     if grpo_loss is not None:
         metrics["grpo_loss"] = grpo_loss.item()
     if needs_teacher:
-        metrics["log_ratio_mean"] = aggregate(log_ratio, distill_mask, "token_mean").item()
-    metrics["teacher_signal_frac"] = batch.has_teacher_signal.float().mean().item()
+        metrics["log_ratio_mean"] = aggregate(
+            log_ratio, distill_mask, "token_mean", distill_whole
+        ).item()
+    signal = batch.has_teacher_signal.float()
+    metrics["teacher_signal_frac"] = (
+        signal.mean() if rows is None else signal.sum() / len(whole.rewards)
+    ).item()
     if use_grpo:
-        metrics["advantage_abs_mean"] = aggregate(advantages.abs(), grpo_mask, "token_mean").item()
+        metrics["advantage_abs_mean"] = aggregate(
+            advantages.abs(), grpo_mask, "token_mean", grpo_whole
+        ).item()
     return loss, metrics, log_ratio

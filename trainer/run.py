@@ -22,6 +22,7 @@ trainer worker (training, checkpoints) drive them across processes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import shutil
@@ -35,12 +36,24 @@ import torch
 
 from envs.base import Task
 from trainer.batch import Batch
-from trainer.checkpoint import checkpoint_path, checkpoint_steps, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    STATE_JSON,
+    checkpoint_path,
+    checkpoint_steps,
+    load_checkpoint,
+    save_checkpoint,
+)
 from trainer.config import RunConfig
 from trainer.guards import Stop, best_evaluation, check
 from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
 from trainer.rollout import Rollout, budget_warning, rollout_stats
 from trainer.sampler import sampling_seed
+from trainer.sharded_checkpoint import (
+    is_sharded,
+    load_sharded,
+    load_whole_into_sharded,
+    save_sharded,
+)
 from trainer.step import Learner
 
 log = logging.getLogger(__name__)
@@ -210,8 +223,20 @@ def save_step(
 ) -> Path:
     """Checkpoint the policy, optimiser, schedule and teacher after step `step`, with
     `state` (and the step) in its state.json. A milestone's checkpoint also holds the
-    tokenizer: a complete Hugging Face model directory."""
+    tokenizer: a complete Hugging Face model directory. Across processes every process
+    calls it and the checkpoint is sharded (trainer/sharded_checkpoint.py)."""
     learner.policy.eval()
+    if learner.world.sharded:
+        return save_sharded(
+            checkpoint_path(run_dir, step),
+            world=learner.world,
+            policy=learner.policy,
+            tokenizer=tokenizer if plan.is_milestone(step) else None,
+            optimizer=learner.optimizer,
+            scheduler=learner.scheduler,
+            teacher=learner.teacher,
+            state={**state, "step": step},
+        )
     return save_checkpoint(
         checkpoint_path(run_dir, step),
         policy=learner.policy,
@@ -224,8 +249,14 @@ def save_step(
 
 
 def load_step(path: str | Path, learner: Learner) -> dict[str, Any]:
-    """Resume `learner` (and its policy) from a checkpoint; its state.json."""
-    state = load_checkpoint(
+    """Resume `learner` (and its policy) from a checkpoint; its state.json. A checkpoint
+    written by any number of processes resumes in any number of processes."""
+    load = load_checkpoint
+    if is_sharded(path):
+        load = load_sharded
+    elif learner.world.sharded:
+        load = load_whole_into_sharded
+    state = load(
         path,
         policy=learner.policy,
         optimizer=learner.optimizer,
@@ -234,6 +265,12 @@ def load_step(path: str | Path, learner: Learner) -> dict[str, Any]:
     )
     learner.steps_done = state["step"]
     return state
+
+
+def world_size_of(path: str | Path) -> int:
+    """How many processes trained the checkpoint at `path` (1 when it does not say)."""
+    state = Path(path) / STATE_JSON
+    return json.loads(state.read_text()).get("world_size", 1) if state.is_file() else 1
 
 
 def prune_checkpoints(plan: RunPlan, run_dir: str | Path, keep: int) -> None:

@@ -14,6 +14,7 @@ draws come from torch's global RNG, which other threads share and a restart rese
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from transformers import (
 )
 
 from trainer.config import SamplingConfig
+from trainer.distributed import is_sharded
 
 
 @dataclass
@@ -115,6 +117,12 @@ class TransformersSampler:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
+    @functools.cached_property
+    def sharded(self) -> bool:
+        """Whether the policy is sharded across processes (asked once it samples: the
+        learner shards it after this sampler was made)."""
+        return is_sharded(self.model)
+
     def sync(self, policy: torch.nn.Module) -> None:
         """Nothing to push: this sampler generates with the policy itself."""
 
@@ -159,6 +167,8 @@ class TransformersSampler:
                 output_logits=True,
                 return_dict_in_generate=True,
                 logits_processor=LogitsProcessorList([draw]) if draw is not None else None,
+                # a sharded model: every process runs each forward pass until all are done
+                **({"synced_gpus": True} if self.sharded else {}),
             )
         finally:
             self.model.train(was_training)

@@ -15,6 +15,7 @@ import torch
 
 from trainer.batch import Batch, Sample, build_sequences, response_tensors
 from trainer.config import OptimConfig, RunConfig
+from trainer.distributed import SINGLE, World, full_tensor, interleave, shard
 from trainer.health import batch_health
 from trainer.losses import LossInputs, policy_loss
 from trainer.model import pick_dtype
@@ -54,10 +55,21 @@ class StepResult:
 class Learner:
     """Optimiser, schedule and teacher around a policy; `step(batch)` trains once."""
 
-    def __init__(self, policy: torch.nn.Module, pad_id: int, cfg: RunConfig) -> None:
+    def __init__(
+        self, policy: torch.nn.Module, pad_id: int, cfg: RunConfig, world: World = SINGLE
+    ) -> None:
+        """With several processes (`world`), the policy is sharded here, in place, after
+        the teacher took its copy of the whole model (trainer/distributed.py)."""
         self.policy = policy
         self.pad_id = pad_id
         self.cfg = cfg
+        self.world = world
+        uses_teacher = cfg.loss.distill_weight > 0 or cfg.loss.advantage_mix is not None
+        self.teacher = Teacher(policy, cfg.teacher) if uses_teacher else None
+        if world.sharded:
+            shard(policy)
+            if self.teacher is not None:
+                self.teacher.shard()
         self.device = next(policy.parameters()).device
         self.autocast_dtype = pick_dtype(cfg.optim.bf16, self.device)
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -68,8 +80,6 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, o, max(cfg.steps, 1))
         )
-        uses_teacher = cfg.loss.distill_weight > 0 or cfg.loss.advantage_mix is not None
-        self.teacher = Teacher(policy, cfg.teacher) if uses_teacher else None
         self.steps_done = 0
 
     def _autocast(self):
@@ -78,14 +88,17 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def step(self, batch: Batch) -> StepResult:
-        """One optimiser step over the batch, in `grad_accumulation` micro-batches of whole groups."""
+        """One optimiser step over the batch, in `grad_accumulation` micro-batches of whole
+        groups; with several processes each trains its own whole groups of every micro-batch
+        and the losses, gradients and metrics are its shares of the whole batch's."""
         self.policy.train()
         micro_batches = batch.split(self.cfg.optim.grad_accumulation)
         totals: dict[str, float] = {}
-        log_ratios: list[list[float | None]] = []
+        log_ratios: list[list[list[float | None]]] = []  # per micro-batch, this process's rows
         for micro in micro_batches:
             share = len(micro.samples) / len(batch.samples)
-            loss, metrics, log_ratio = self._loss(micro)
+            rows = self.world.rows(len(micro.samples), micro.group_size)
+            loss, metrics, log_ratio = self._loss(micro, rows if self.world.sharded else None)
             (loss * share).backward()
             for k, v in metrics.items():  # means weighted by share; maxima over micro-batches
                 totals[k] = (
@@ -93,15 +106,17 @@ class Learner:
                     if k.endswith("_max")
                     else totals.get(k, 0.0) + v * share
                 )
-            log_ratios += [
-                model_token_values(row, s)
-                for row, s in zip(log_ratio.tolist(), micro.samples, strict=True)
-            ]
+            log_ratios.append(
+                [
+                    model_token_values(row, s)
+                    for row, s in zip(log_ratio.tolist(), micro.samples[rows], strict=True)
+                ]
+            )
+        totals = self.world.reduce_metrics(totals)
         if self.cfg.optim.grad_clip is not None:
             params = [p for p in self.policy.parameters() if p.requires_grad]
-            totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                params, self.cfg.optim.grad_clip
-            ).item()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            totals["grad_norm"] = full_tensor(norm).item()
         totals["lr"] = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -109,34 +124,44 @@ class Learner:
         if self.teacher is not None:
             self.teacher.update()
         self.steps_done += 1
-        return StepResult(totals, log_ratios)
+        return StepResult(totals, interleave(self.world.gather(log_ratios)))
 
-    def _loss(self, batch: Batch):
-        """The loss of `batch`, its metrics (the loss's and the run-health measures, both
-        from the same logits) and its per-token log-ratios."""
-        student_logits, teacher_logits, inputs = self._logits(batch)
+    def _loss(self, batch: Batch, rows: slice | None = None):
+        """The loss of `batch` (or of its `rows`, as their share of the batch's), its
+        metrics (the loss's and the run-health measures, both from the same logits) and its
+        per-token log-ratios."""
+        student_logits, teacher_logits, inputs = self._logits(batch, rows)
         loss, metrics, log_ratio = policy_loss(
-            student_logits, teacher_logits, inputs, self.cfg.loss
+            student_logits, teacher_logits, inputs, self.cfg.loss, rows
         )
-        metrics.update(batch_health(student_logits, teacher_logits, inputs))
+        metrics.update(batch_health(student_logits, teacher_logits, inputs, rows))
         return loss, metrics, log_ratio
 
     @torch.no_grad()
     def measure(self, batch: Batch) -> dict[str, float]:
         """The run-health measures of `batch` under the current weights (trainer/health.py),
-        without training: the policy in eval mode, no gradient, no optimiser step."""
+        without training: the policy in eval mode, no gradient, no optimiser step. One
+        process's measures; the probe runs in one."""
         self.policy.eval()
         student_logits, teacher_logits, inputs = self._logits(batch)
         return batch_health(student_logits, teacher_logits, inputs)
 
-    def _logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, LossInputs]:
-        """Student logits (with gradient, unless called under no_grad), teacher logits and
-        the loss inputs of `batch`, all cut to the response positions.  [B, T, V] x 2"""
+    def _logits(
+        self, batch: Batch, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, LossInputs]:
+        """Student logits (with gradient, unless called under no_grad) and teacher logits
+        of `batch` (or of its `rows`), cut to the response positions, and the loss inputs of
+        the whole batch.  [B, T, V] x 2"""
         samples = batch.samples
-        student = build_sequences(
-            [s.prompt_ids for s in samples], [s.response_ids for s in samples], self.pad_id
+        part = (
+            batch if rows is None else Batch(samples[rows], batch.group_size, batch.policy_version)
         )
-        tensors = response_tensors(samples, student.response_width)
+        mine = part.samples
+        student = build_sequences(
+            [s.prompt_ids for s in mine], [s.response_ids for s in mine], self.pad_id
+        )
+        width = max(max(len(s.response_ids) for s in samples), 1)
+        tensors = response_tensors(samples, width)
         inputs = LossInputs(
             rewards=torch.tensor([s.reward for s in samples]),
             group_size=batch.group_size,
@@ -149,7 +174,7 @@ class Learner:
             **{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in vars(inputs).items()}
         )
         teacher_logits = (
-            self._teacher_logits(batch, student.response_width) if self.teacher else None
+            self._teacher_logits(part, student.response_width) if self.teacher else None
         )
         student = student.to(self.device)
         with self._autocast():

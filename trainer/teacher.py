@@ -25,6 +25,7 @@ from peft import PeftModel
 from torch import nn
 
 from trainer.config import TeacherConfig
+from trainer.distributed import full_tensor, shard, shard_like
 
 EMA_ADAPTER = "ema_teacher"
 
@@ -61,9 +62,10 @@ def _active_adapter(policy: PeftModel, name: str) -> Iterator[None]:
 
 
 def _fingerprint(model: nn.Module) -> list[torch.Tensor]:
-    """A few weights of every tensor: enough to tell the initial policy from a trained one."""
+    """A few weights of every tensor: enough to tell the initial policy from a trained one.
+    (Of the whole tensors: with a sharded model, every process computes it.)"""
     return [
-        p.detach().flatten()[:: max(1, p.numel() // 8)][:8].cpu().clone()
+        full_tensor(p.detach()).flatten()[:: max(1, p.numel() // 8)][:8].cpu().clone()
         for p in model.parameters()
     ]
 
@@ -82,6 +84,7 @@ class Teacher:
         self.is_lora = isinstance(policy, PeftModel)
         self.adapter = policy.active_adapter if self.is_lora else None
         self._copy: nn.Module | None = None  # full FT: the frozen or EMA copy of the policy
+        self._pairs: list[tuple[str, str]] = []  # EMA: (teacher tensor, policy tensor it follows)
         self._ema: dict[str, torch.Tensor] = {}  # name -> teacher tensor, lerped by update()
         self._ema_targets: list[torch.Tensor] = []  # the policy tensors they follow
         needs_copy = cfg.weights in ("frozen", "ema", "trust_region")
@@ -91,9 +94,16 @@ class Teacher:
             self._copy = copy.deepcopy(policy).eval().requires_grad_(False)
             self._copy.zero_grad(set_to_none=True)
             if cfg.weights == "ema":
-                named = dict(self._copy.named_parameters())
-                self._ema = {name: named[name] for name, _ in policy.named_parameters()}
-                self._ema_targets = [p for _, p in policy.named_parameters()]
+                self._pairs = [(name, name) for name, _ in policy.named_parameters()]
+        self._follow()
+
+    def _follow(self) -> None:
+        """Point the EMA at the current parameter objects of the teacher and the policy."""
+        holder = self._copy if self._copy is not None else self.policy
+        teacher_params = dict(holder.named_parameters())
+        policy_params = dict(self.policy.named_parameters())
+        self._ema = {name: teacher_params[name] for name, _ in self._pairs}
+        self._ema_targets = [policy_params[name] for _, name in self._pairs]
 
     def _add_ema_adapter(self) -> None:
         """A second LoRA adapter, a copy of the trainable one, that never trains."""
@@ -101,15 +111,18 @@ class Teacher:
         policy.add_adapter(EMA_ADAPTER, copy.deepcopy(policy.peft_config[self.adapter]))
         params = dict(policy.named_parameters())
         tag, ema_tag = f".{self.adapter}.", f".{EMA_ADAPTER}."
-        for name, param in params.items():
-            if tag in name:
-                ema_name = name.replace(tag, ema_tag)
-                self._ema[ema_name] = params[ema_name]
-                self._ema_targets.append(param)
+        self._pairs = [(name.replace(tag, ema_tag), name) for name in params if tag in name]
         with torch.no_grad():
-            for ema_param, param in zip(self._ema.values(), self._ema_targets, strict=True):
-                ema_param.copy_(param)
-                ema_param.requires_grad_(False)
+            for ema_name, name in self._pairs:
+                params[ema_name].copy_(params[name])
+                params[ema_name].requires_grad_(False)
+
+    def shard(self) -> None:
+        """After the policy was sharded (trainer.distributed.shard): shard the teacher's
+        own copy the same way, and follow the new shards, each process updating its own."""
+        if self._copy is not None:
+            shard(self._copy)
+        self._follow()
 
     @torch.no_grad()
     def score(self, forward: Callable[[nn.Module], torch.Tensor]) -> torch.Tensor:
@@ -164,7 +177,7 @@ class Teacher:
                 raise TeacherStateError("saved EMA teacher has other tensors than this one")
             with torch.no_grad():
                 for name, tensor in self._ema.items():
-                    tensor.copy_(saved[name])
+                    tensor.copy_(shard_like(saved[name], tensor))
         elif self._copy is not None:
             saved = state["frozen_fingerprint"]
             current = _fingerprint(self._copy)

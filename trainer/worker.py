@@ -24,6 +24,7 @@ from pathlib import Path
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_step, latest_checkpoint
 from trainer.config import RunConfig
+from trainer.distributed import SINGLE, World
 from trainer.model import UNRESTRICTED, ModelAccess
 from trainer.run import (
     RunPlan,
@@ -54,26 +55,34 @@ class RunTrainer:
         keep: int = 2,
         device: str | None = None,
         model_access: ModelAccess = UNRESTRICTED,
+        world: World = SINGLE,
     ) -> None:
-        """`model_access`: which model names may be loaded (the service's clients name them)."""
+        """`model_access`: which model names may be loaded (the service's clients name them).
+        With several processes (`world`), every one holds a RunTrainer of the run and makes
+        the same calls (trainer/worker_processes.py)."""
         self.cfg, self.plan = cfg, RunPlan(cfg)
         self.run_dir = Path(run_dir)
         self.keep = keep
-        self.policy, self.tokenizer = open_policy(cfg, device, model_access)
-        self.learner = Learner(self.policy, self.tokenizer.pad_token_id, cfg)
+        self.world = world
+        self.policy, self.tokenizer = open_policy(cfg, world.device(device), model_access)
+        self.learner = Learner(self.policy, self.tokenizer.pad_token_id, cfg, world)
         self.step = 0
         self.last: StepOutcome | None = None
         self.sync()
 
     def sync(self) -> None:
-        """Catch up with the newest checkpoint on disk (written by us or another worker)."""
-        path = latest_checkpoint(self.run_dir)
+        """Catch up with the newest checkpoint on disk (written by us or another worker;
+        across processes, the newest the main process sees)."""
+        path = self.world.broadcast(latest_checkpoint(self.run_dir))
         if path is None or checkpoint_step(path) <= self.step:
             return
         state = load_step(path, self.learner)
         self.step = state["step"]
         self.last = StepOutcome(**state["outcome"]) if state.get("outcome") else None
         log.info("run dir %s: resumed at step %d", self.run_dir, self.step)
+
+    def close(self) -> None:
+        """Nothing to release: the policy goes with this object."""
 
     def outcome_of(self, batch_id: str) -> StepOutcome | None:
         """The saved outcome if `batch_id` is the batch the latest checkpoint trained."""
@@ -84,7 +93,7 @@ class RunTrainer:
         if step != self.step + 1:
             raise OutOfOrder(f"batch for step {step} while step {self.step + 1} is next")
         outcome = train_step(self.plan, self.learner, self.tokenizer, batch, step)
-        state = {"batch_id": batch.id, "outcome": asdict(outcome)}
+        state = {"batch_id": batch.id, "outcome": asdict(outcome), "world_size": self.world.size}
         save_step(
             self.plan,
             self.run_dir,
@@ -94,5 +103,6 @@ class RunTrainer:
             state=state,
         )
         self.step, self.last = step, outcome
-        prune_checkpoints(self.plan, self.run_dir, self.keep)
+        if self.world.is_main:
+            prune_checkpoints(self.plan, self.run_dir, self.keep)
         return outcome

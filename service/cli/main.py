@@ -25,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from service.cli import client, demo, server
+from service.cli import client, demo, launch, server
 
 if TYPE_CHECKING:
     from trainer.config import RunConfig
@@ -92,8 +92,10 @@ def train(
     checkpoint_every: Annotated[
         int | None, typer.Option(help="also checkpoint every N steps")
     ] = None,
+    nproc_per_node: launch.NprocOption = None,
 ) -> None:
-    """Train a policy on an environment in this process (no server needed)."""
+    """Train a policy on an environment in this process (no server needed), or in
+    several (`--nproc-per-node`, or started by torchrun)."""
     from envs.registry import InvalidEnvConfig, UnknownEnvironment
     from trainer.loop import train as run_training
     from trainer.model import ModelNotFound
@@ -118,6 +120,17 @@ def train(
     ) as exc:
         raise fail(str(exc)) from exc
 
+    if nproc_per_node is not None:
+        launch.relaunch(nproc_per_node)
+        summary = json.loads((out / "summary.json").read_text())
+        print_summary(summary)
+        return
+    from trainer.distributed import join_world, leave_world
+
+    if not join_world().is_main:  # started by torchrun: the main process reports
+        run_training(cfg, out, device=device, checkpoint_every=checkpoint_every)
+        leave_world()
+        return
     log_through_console("warning")
     console.print(
         f"[bold]opsd train[/bold] {cfg.algorithm} on {cfg.env} with {cfg.model}, {cfg.steps} steps -> {out}"
@@ -137,9 +150,15 @@ def train(
         summary = run_training(
             cfg, out, on_step=on_step, device=device, checkpoint_every=checkpoint_every
         )
+    leave_world()
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    processes = f" in {summary['world_size']} processes" if summary["world_size"] > 1 else ""
     console.print(
         f"eval accuracy {summary['base_eval_accuracy']:.3f} -> [bold]{summary['final_eval_accuracy']:.3f}[/bold] "
-        f"with {summary['samples_seen']} samples in {summary['wall_seconds']:.0f}s; checkpoint {summary['checkpoint']}"
+        f"with {summary['samples_seen']} samples in {summary['wall_seconds']:.0f}s{processes}; checkpoint {summary['checkpoint']}"
     )
     if summary["stopped"] is not None:
         console.print(f"[bold yellow]stopped[/bold yellow]: {summary['stopped']['reason']}")

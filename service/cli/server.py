@@ -11,13 +11,20 @@ import logging
 import signal
 import socket
 from collections.abc import Coroutine
+from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
+from service.cli import launch
 from service.cli.common import console, fail, quiet_libraries
 from service.settings import Settings
+
+# The processes of a worker other than the main one wait for its next call as long as
+# the service is idle.
+FOLLOWER_PATIENCE = timedelta(days=365)
 
 db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
 
@@ -112,23 +119,43 @@ def worker(
     worker_id: Annotated[
         str | None, typer.Option("--id", help="worker name on the bus [default: generated]")
     ] = None,
+    nproc_per_node: launch.NprocOption = None,
 ) -> None:
-    """Run a trainer worker: reads batches from the Redis bus and trains until stopped."""
+    """Run a trainer worker: reads batches from the Redis bus and trains until stopped;
+    in several processes (`--nproc-per-node`, or started by torchrun), one worker whose
+    main process reads the bus and records, and whose every process trains."""
     settings = load_settings()
     if settings.redis_url is None:
         raise fail(
             "opsd worker needs the Redis bus: set OPSD_REDIS_URL (and OPSD_DATABASE_URL). "
             "Without Redis, `opsd serve` trains in its own process and needs no worker."
         )
+    if nproc_per_node is not None:
+        launch.relaunch(nproc_per_node)
+        return
     from service.bus import make_bus
     from service.pipeline.worker import TrainerWorker
     from service.storage import Repository, make_engine, make_sessionmaker
+    from trainer.distributed import join_world, leave_world
+    from trainer.worker_processes import LeadingTrainer, follow, stop_followers
 
     configure_logging("info")
     if settings.torch_threads:
         from service.pipeline.process import limit_torch_threads
 
         limit_torch_threads(settings.torch_threads)
+    world = join_world(timeout=FOLLOWER_PATIENCE)
+    if not world.is_main:  # trains what the main process announces, until it stops
+        for signum in (signal.SIGTERM, signal.SIGINT):  # the main process finishes its step
+            signal.signal(signum, signal.SIG_IGN)  # first, then tells this one to stop
+        follow(world, settings.model_access())
+        leave_world()
+        return
+    open_trainer = (
+        partial(LeadingTrainer, world, model_access=settings.model_access())
+        if world.sharded
+        else None
+    )
     engine = make_engine(settings.database_url)
     bus = make_bus(settings.redis_url, settings.bus_prefix)
     repo = Repository(make_sessionmaker(engine))
@@ -143,7 +170,10 @@ def worker(
                 f"[bold]opsd worker[/bold]{name}: {where}; Ctrl-C or SIGTERM stops it",
                 soft_wrap=True,
             )
-            await run_until_signalled(TrainerWorker(repo, bus, settings, worker_id=worker_id).run())
+            trainer_worker = TrainerWorker(
+                repo, bus, settings, worker_id=worker_id, open_trainer=open_trainer
+            )
+            await run_until_signalled(trainer_worker.run())
         finally:
             await bus.aclose()
 
@@ -151,6 +181,8 @@ def worker(
         asyncio.run(main())
     finally:
         engine.dispose()
+        stop_followers(world)
+        leave_world()
     console.print("worker stopped")
 
 

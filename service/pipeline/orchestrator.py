@@ -44,7 +44,7 @@ from trainer.checkpoint import checkpoint_path, checkpoint_step, latest_checkpoi
 from trainer.config import RunConfig
 from trainer.guards import Stop
 from trainer.loop import RunPolicy
-from trainer.run import PolicyCopy, RunPlan, sample_step
+from trainer.run import PolicyCopy, RunPlan, sample_step, world_size_of
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +349,8 @@ class RunDriver:
             self.repo.transition, self.run_id, [RunStatus.running], RunStatus.completed
         )
         summary = plan.summary(self.run_dir, dict(evaluations))
+        last = checkpoint_path(self.run_dir, plan.cfg.steps)
+        summary["world_size"] = world_size_of(last)  # the processes of the worker that trained it
         await emit(self.repo, self.bus, self.run_id, "completed", summary)
         await self.bus.delete_run(self.key)
 

@@ -98,7 +98,7 @@ class TrainerWorker:
 
     def _forget(self, keep: set[int]) -> None:
         for run_id in set(self.trainers) - keep:
-            del self.trainers[run_id]
+            self.trainers.pop(run_id).close()
             self.held.pop(run_id, None)
             self.recorded.pop(run_id, None)
 
@@ -210,7 +210,12 @@ class TrainerWorker:
         if outcome is None:
             batch = decode_batch(delivery.payload)
             outcome = await asyncio.to_thread(trainer.train, batch, step)
-        metrics = {**row.stats, **outcome.metrics, "train_seconds": time.monotonic() - began}
+        metrics = {
+            **row.stats,
+            **outcome.metrics,
+            "train_seconds": time.monotonic() - began,
+            "world_size": trainer.world.size,  # the processes that trained it
+        }
         recorded = await asyncio.to_thread(
             repo.record_step,
             run_id,

@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from service.cli import app
+from service.cli import app, launch
 
 runner = CliRunner()
 
@@ -192,3 +192,19 @@ def test_tiny_model_build_rejects_an_unknown_task(tmp_path):
 
     assert result.exit_code == 2
     assert "poetry" in text(result)
+
+
+@pytest.mark.parametrize("nproc", ["0", "two", "-1"])
+def test_train_refuses_a_number_of_processes_that_is_neither_a_count_nor_gpu(
+    nproc, model_dir, tmp_path
+):
+    args = ["train", "--out", str(tmp_path / "run"), "--model", str(model_dir)]
+    result = runner.invoke(app, args + ["--nproc-per-node", nproc])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # a usage error
+    assert "Invalid value for '--nproc-per-node': a number of processes, or `gpu`" in text(result)
+    assert_nothing_started(result, tmp_path / "run")
+
+
+def test_the_processes_started_for_nproc_per_node_get_the_command_line_without_it():
+    argv = ["train", "--nproc-per-node", "2", "--out", "runs/a", "--nproc-per-node=gpu", "--x"]
+    assert launch.without_nproc(argv) == ["train", "--out", "runs/a", "--x"]

@@ -142,6 +142,9 @@ def test_gpu_override_gives_the_gpus_to_the_worker_and_a_vllm_server_the_api_may
     assert "cu" in worker["build"]["args"]["TORCH_INDEX"]
     assert worker["image"] != "opsd:latest"  # the CUDA image does not overwrite the CPU one
     assert environment(worker)["OPSD_DEVICE"] == "cuda"
+    # the worker trains in one process per GPU it reserves
+    assert worker["command"] == ["worker", "--nproc-per-node", "gpu"]
+    assert worker["ipc"] == "host"
 
     # the server: opsd's log-probs, weight reloads, and the weights volume at opsd's path
     command = vllm["command"]

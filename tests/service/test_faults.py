@@ -24,13 +24,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
 import redis
 from redis.exceptions import ResponseError
@@ -87,9 +88,16 @@ class Process:
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as when a machine dies."""
+        """SIGKILL to it and every process it started (torch's launcher starts each in a
+        session of its own): no shutdown code runs, as when a machine dies."""
         self.killed = True
+        started = []
+        with suppress(psutil.NoSuchProcess):
+            started = psutil.Process(self.popen.pid).children(recursive=True)
         self.signal(signal.SIGKILL)
+        for process in started:
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
         self.popen.wait(timeout=10)
 
     def signal(self, signum: signal.Signals) -> None:
@@ -158,11 +166,11 @@ class Cluster:
 
         return self.spawn("api", ["serve"], answers, OPSD_PORT=str(port))
 
-    def spawn_worker(self, name: str) -> Process:
+    def spawn_worker(self, name: str, *flags: str) -> Process:
         def beats() -> bool:
             return bool(self.redis.exists(f"{self.prefix}:worker:{name}"))
 
-        return self.spawn(name, ["worker", "--id", name], beats)
+        return self.spawn(name, ["worker", "--id", name, *flags], beats)
 
     def wait_ready(self) -> None:
         for process in self.processes:
@@ -364,6 +372,54 @@ def test_a_killed_worker_is_replaced_and_its_pending_batch_claimed_and_trained_o
     cluster.wait_completed(run_id)
 
     assert_trained_exactly_once(cluster, run_id)  # w1's batch among them, once
+
+
+def test_a_worker_in_two_processes_trains_and_a_one_process_worker_resumes_its_run(cluster):
+    """`opsd worker --nproc-per-node 2`: its main process reads the bus and records, both
+    train (the policy sharded, gloo on CPU). Killed mid-run, it is replaced by a worker of
+    one process that resumes from its sharded checkpoints."""
+    cluster.spawn_api()
+    first = cluster.spawn_worker("w1", "--nproc-per-node", "2")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+    first.kill()  # the launcher and both processes
+    assert cluster.steps_done(run_id) < STEPS
+
+    cluster.spawn_worker("w2")
+    cluster.wait_ready()
+    cluster.wait_completed(run_id)
+
+    assert_trained_exactly_once(cluster, run_id)
+    with cluster.explained():
+        sizes = cluster.sql(
+            "SELECT step, metrics->>'world_size' FROM steps WHERE run_id = :r ORDER BY step",
+            r=run_id,
+        )
+        assert {size for step, size in sizes if step <= 3} == {"2"}, sizes
+        assert sizes[-1] == (STEPS, "1")
+        (completed,) = [e for e in cluster.repo.events_after(run_id) if e.kind == "completed"]
+        assert completed.payload["world_size"] == 1
+
+
+def test_a_worker_in_two_processes_stopped_with_sigterm_finishes_its_step_and_exits(cluster):
+    """The launcher passes SIGTERM on; the main process finishes the step it is in, then
+    tells the other to stop. The run goes on with the next worker."""
+    cluster.spawn_api()
+    first = cluster.spawn_worker("w1", "--nproc-per-node", "2")
+    cluster.wait_ready()
+    run_id = cluster.create_run()
+    cluster.wait_steps(run_id, 3)
+    first.popen.send_signal(signal.SIGTERM)  # the launcher alone, as `docker stop` does
+    assert first.popen.wait(timeout=60) == 0, first.tail()
+    first.killed = True  # stopped on purpose
+    assert "worker stopped" in first.tail(), first.tail()
+    assert cluster.repo.get_run(run_id).status == RunStatus.running
+
+    cluster.spawn_worker("w2")
+    cluster.wait_ready()
+    cluster.wait_completed(run_id)
+    assert_trained_exactly_once(cluster, run_id)
 
 
 def test_batches_lost_with_a_flushed_redis_are_republished_from_the_record(cluster):

@@ -6,6 +6,8 @@ token scores. Held-out greedy accuracy must rise by at least 50 points in 100 st
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +22,18 @@ def test_self_distillation_raises_held_out_accuracy_by_50_points(tmp_path):
     assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.50, summary
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(101))
+
+
+@pytest.mark.slow
+def test_self_distillation_in_two_processes_raises_held_out_accuracy(tmp_path):
+    """`opsd train --nproc-per-node 2`: two CPU processes (gloo), the policy sharded
+    across them (FSDP2), each training half of every step's groups."""
+    command = [sys.executable, "-m", "service.cli", "train", "--out", str(tmp_path)]
+    flags = ["--steps", "60", "--seed", "0", "--set", "eval.every=60", "--set", "eval.size=128"]
+    subprocess.run([*command, *flags, "--nproc-per-node", "2"], check=True, timeout=600)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.10, summary
 
 
 @pytest.mark.slow

@@ -451,3 +451,42 @@ def test_policy_loss_advantage_mix_gives_the_hand_computed_surrogate():
     batch.has_teacher_signal = torch.tensor([True, False])  # no signal: A_sd = 0 for sample 1
     loss_without_signal, _, _ = policy_loss(student, teacher, batch, cfg)
     assert loss_without_signal.item() == pytest.approx(-0.1 * math.log(1.6) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LossConfig(),
+        LossConfig(
+            distill_weight=0.5, aggregation="sequence_mean", grpo=GRPOConfig(scaling="batch")
+        ),
+        LossConfig(
+            distill_weight=0.0, advantage_mix=0.5, distill=DistillConfig(support="sampled_token")
+        ),
+    ],
+    ids=["sdpo", "mixed-sequence-mean-batch-scaling", "advantage-mix"],
+)
+def test_the_shares_of_a_batchs_parts_add_up_to_its_loss_gradient_and_mean_metrics(cfg):
+    """Several processes (docs/algorithm.md "Several processes"): each part of whole groups,
+    its logits cut to the part's own response width, gives its share of the batch's."""
+    student, teacher, batch = _batch()
+    parts = [slice(0, 2), slice(2, 4)]
+    widths = [3, 2]  # the second part's responses end before the last column
+    batch.response_mask[2:, 2] = 0
+    loss, metrics, log_ratio = policy_loss(student, teacher, batch, cfg)
+    (grad,) = torch.autograd.grad(loss, student)
+    shares = []
+    for rows, width in zip(parts, widths, strict=True):
+        leaf = student.detach()[rows, :width].clone().requires_grad_()
+        share, part_metrics, part_log_ratio = policy_loss(
+            leaf, teacher[rows, :width], batch, cfg, rows
+        )
+        (part_grad,) = torch.autograd.grad(share, leaf)
+        assert _close(part_grad, grad[rows, :width])
+        assert _close(part_log_ratio, log_ratio[rows, :width])
+        shares.append((share, part_metrics))
+    assert _close(sum(share for share, _ in shares), loss)
+    for name, value in metrics.items():
+        values = [part_metrics[name] for _, part_metrics in shares]
+        combined = max(values) if name.endswith("_max") else sum(values)
+        assert combined == pytest.approx(value, abs=1e-6), name
