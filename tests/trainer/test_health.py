@@ -102,3 +102,18 @@ def test_measures_taken_a_few_rows_at_a_time_equal_those_of_the_whole_batch(monk
     whole = batch_health(student, teacher, inputs)
     monkeypatch.setattr(health, "CHUNK_ELEMENTS", 2 * 3 * 7)  # two rows per chunk
     assert batch_health(student, teacher, inputs) == pytest.approx(whole, rel=1e-6)
+
+
+def test_the_shares_of_a_batchs_rows_add_up_to_its_measures():
+    """Several processes each measure their own rows (`rows`) as a share of the whole
+    batch's measures; added up, the shares are the one-process measures, also where a
+    part holds no signal token at all."""
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = (torch.randn(4, 3, 5, generator=generator) for _ in range(2))
+    inputs = _inputs([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 1]], [False, False, True, True], 0.7)
+    whole = batch_health(student, teacher, inputs)
+    parts = [slice(0, 2), slice(2, 4)]
+    shares = [batch_health(student[r], teacher[r], inputs, r) for r in parts]
+    assert shares[0]["teacher_gap"] == 0.0  # no signal in these rows: nothing to add
+    for name, value in whole.items():
+        assert sum(share[name] for share in shares) == pytest.approx(value), name
