@@ -22,7 +22,7 @@ from service.storage import InvalidCursor, NotFound, Repository, RunStatus
 from service.storage import models as orm
 from service.storage.repository import decode_cursor
 from trainer.config import RunConfig
-from trainer.presets import merge, preset
+from trainer.presets import PRESETS, merge, preset
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ def create_run(repo: Repository, body: schemas.RunCreate, settings: Settings) ->
 def vllm_installed() -> bool:
     """Whether vLLM can be found (not imported: that takes seconds)."""
     return find_spec("vllm") is not None
+
+
+def config_schema() -> schemas.RunConfigSchema:
+    """What a client needs to build a run's `config`: the schema and every preset."""
+    return schemas.RunConfigSchema(
+        json_schema=RunConfig.model_json_schema(),
+        presets={name: preset(name).model_dump(mode="json") for name in PRESETS},
+        reserved=list(RESERVED_CONFIG_KEYS),
+    )
 
 
 def get_run(repo: Repository, run_id: int) -> schemas.Run:
@@ -187,9 +196,13 @@ def list_trajectories(
     verdict: str | None,
     limit: int,
     cursor: str | None,
+    min_reward: float | None = None,
+    max_reward: float | None = None,
 ) -> schemas.TrajectoryList:
     repo.get_run(run_id)
-    rows, next_cursor = repo.list_trajectories(run_id, step, verdict, limit, check_cursor(cursor))
+    rows, next_cursor = repo.list_trajectories(
+        run_id, step, verdict, limit, check_cursor(cursor), min_reward, max_reward
+    )
     items = [schemas.TrajectorySummary.model_validate(row) for row in rows]
     return schemas.TrajectoryList(items=items, next_cursor=next_cursor)
 

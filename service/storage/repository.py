@@ -12,6 +12,7 @@ import base64
 import binascii
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, insert, select, update
@@ -83,6 +84,21 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_or_none(v) for v in value]
     return value
+
+
+STEPS_PER_S_WINDOW = 10  # steps the `steps_per_s` series averages over
+
+
+def steps_per_second(times: Sequence[tuple[int, datetime]]) -> list[tuple[int, float]]:
+    """`(step, steps per second over the window ending at it)` from when steps were
+    recorded, from the second step on."""
+    rates = []
+    for i in range(1, len(times)):
+        first = max(0, i - STEPS_PER_S_WINDOW)
+        seconds = (times[i][1] - times[first][1]).total_seconds()
+        if seconds > 0:
+            rates.append((times[i][0], (i - first) / seconds))
+    return rates
 
 
 class Repository:
@@ -305,13 +321,20 @@ class Repository:
         verdict: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        min_reward: float | None = None,
+        max_reward: float | None = None,
     ) -> tuple[list[Trajectory], str | None]:
-        """In the order they were written (step, then group, then sample)."""
+        """In the order they were written (step, then group, then sample); the reward
+        bounds are inclusive."""
         query = select(Trajectory).where(Trajectory.run_id == run_id)
         if step is not None:
             query = query.where(Trajectory.step == step)
         if verdict is not None:
             query = query.where(Trajectory.verdict == verdict)
+        if min_reward is not None:
+            query = query.where(Trajectory.reward >= min_reward)
+        if max_reward is not None:
+            query = query.where(Trajectory.reward <= max_reward)
         return self._page(query, Trajectory.id, limit, cursor, newest_first=False)
 
     def get_trajectory(self, trajectory_id: int) -> tuple[Trajectory, list[float | None] | None]:
@@ -445,15 +468,19 @@ class Repository:
         return found
 
     def metrics_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
-        """`{metric: [(step, value), ...]}` in step order; null (non-finite) values left out."""
+        """`{metric: [(step, value), ...]}` in step order; null (non-finite) values left out.
+        Besides the recorded metrics: `eval_accuracy` (the evaluations) and `steps_per_s`,
+        the steps recorded per second over the last STEPS_PER_S_WINDOW steps."""
         series: dict[str, list[tuple[int, float]]] = {}
-        query = select(Step.step, Step.metrics).where(Step.run_id == run_id).order_by(Step.step)
+        query = select(Step.step, Step.metrics, Step.created_at).where(Step.run_id == run_id)
         with self.sessions() as s:
-            rows = s.execute(query).all()  # columns, not Step objects: a third of the time
-        for step, metrics in rows:
+            rows = s.execute(query.order_by(Step.step)).all()  # columns: a third of the time
+        for step, metrics, _ in rows:
             for name, value in metrics.items():
                 if value is not None:
                     series.setdefault(name, []).append((step, value))
+        if rate := steps_per_second([(step, at) for step, _, at in rows]):
+            series["steps_per_s"] = rate
         if evaluations := self.evaluations(run_id):
             series["eval_accuracy"] = evaluations
         return series
