@@ -86,21 +86,6 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-STEPS_PER_S_WINDOW = 10  # steps the `steps_per_s` series averages over
-
-
-def steps_per_second(times: Sequence[tuple[int, datetime]]) -> list[tuple[int, float]]:
-    """`(step, steps per second over the window ending at it)` from when steps were
-    recorded, from the second step on."""
-    rates = []
-    for i in range(1, len(times)):
-        first = max(0, i - STEPS_PER_S_WINDOW)
-        seconds = (times[i][1] - times[first][1]).total_seconds()
-        if seconds > 0:
-            rates.append((times[i][0], (i - first) / seconds))
-    return rates
-
-
 class Repository:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
@@ -468,22 +453,24 @@ class Repository:
         return found
 
     def metrics_series(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
-        """`{metric: [(step, value), ...]}` in step order; null (non-finite) values left out.
-        Besides the recorded metrics: `eval_accuracy` (the evaluations) and `steps_per_s`,
-        the steps recorded per second over the last STEPS_PER_S_WINDOW steps."""
+        """`{metric: [(step, value), ...]}` in step order; null (non-finite) values left out."""
         series: dict[str, list[tuple[int, float]]] = {}
-        query = select(Step.step, Step.metrics, Step.created_at).where(Step.run_id == run_id)
+        query = select(Step.step, Step.metrics).where(Step.run_id == run_id).order_by(Step.step)
         with self.sessions() as s:
-            rows = s.execute(query.order_by(Step.step)).all()  # columns: a third of the time
-        for step, metrics, _ in rows:
+            rows = s.execute(query).all()  # columns, not Step objects: a third of the time
+        for step, metrics in rows:
             for name, value in metrics.items():
                 if value is not None:
                     series.setdefault(name, []).append((step, value))
-        if rate := steps_per_second([(step, at) for step, _, at in rows]):
-            series["steps_per_s"] = rate
         if evaluations := self.evaluations(run_id):
             series["eval_accuracy"] = evaluations
         return series
+
+    def step_times(self, run_id: int) -> list[tuple[int, datetime]]:
+        """`(step, when it was recorded)` in step order."""
+        query = select(Step.step, Step.created_at).where(Step.run_id == run_id)
+        with self.sessions() as s:
+            return [(step, at) for step, at in s.execute(query.order_by(Step.step))]
 
     def steps_done(self, run_id: int) -> int:
         with self.sessions() as s:

@@ -19,7 +19,7 @@ export function h(tag, attrs = {}, ...children) {
 
 export function main(...children) {
   const node = document.getElementById("main");
-  node.replaceChildren(...children.flat());
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   return node;
 }
 

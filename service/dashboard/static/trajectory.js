@@ -14,7 +14,7 @@ export async function render(parts) {
     h("h1", {}, h("a", { href: `/runs/${runId}` }, `Run #${runId}`), " · ",
       h("a", { href: `/runs/${runId}/trajectories?step=${t.step}` }, `step ${t.step}`), ` · trajectory ${t.id}`),
     h("table", { class: "facts" },
-      [["task", t.task_id], ["task.sample", `${t.group_index}.${t.sample_index}`], ["verdict", t.verdict],
+      [["task", t.task_id], ["place in step", `task ${t.group_index}, sample ${t.sample_index}`], ["verdict", t.verdict],
         ["reward", number(t.reward)], ["truncated", t.truncated ? "yes" : "no"],
         ["sampled by policy version", t.policy_version], ["recorded", when(t.created_at)],
         ...Object.entries(counts).map(([k, v]) => [k, JSON.stringify(v)])]
