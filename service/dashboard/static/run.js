@@ -83,6 +83,8 @@ class RunPage {
     try {
       this.run = await post(`/v1/runs/${this.id}/${action}`);
       this.showRun();
+      this.following?.abort(); // the stream of the state before ends: follow the new one
+      this.following = null;
       if (!TERMINAL.has(this.run.status)) await this.follow();
     } catch (error) {
       document.getElementById("run-error").replaceChildren(errorBox(error));
@@ -92,15 +94,16 @@ class RunPage {
   // Follow the run's events from now on; resolves once the stream is open.
   async follow() {
     if (this.following) return;
-    this.following = new AbortController();
+    const following = (this.following = new AbortController());
     const live = document.getElementById("live");
     let opened;
     const open = new Promise((resolve) => { opened = resolve; });
-    const done = stream(`/v1/runs/${this.id}/events?tail=true`, (m) => this.onEvent(m), this.following.signal, () => {
+    const done = stream(`/v1/runs/${this.id}/events?tail=true`, (m) => this.onEvent(m), following.signal, () => {
       live.textContent = "● live";
       opened();
     }).catch((error) => document.getElementById("run-error").replaceChildren(errorBox(error)))
       .finally(() => {
+        if (this.following !== following) return; // a newer stream took over
         live.textContent = "";
         this.following = null;
       });
