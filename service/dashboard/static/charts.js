@@ -27,9 +27,9 @@ export function panelsFor(names) {
 }
 
 const LAYOUT = {
-  margin: { l: 50, r: 10, t: 30, b: 40 },
-  height: 260,
-  legend: { orientation: "h", y: -0.25 },
+  margin: { l: 50, r: 10, t: 30, b: 80 },
+  height: 290,
+  legend: { orientation: "h", y: -0.4 },
   font: { size: 11 },
 };
 export const CONFIG = {

@@ -71,7 +71,8 @@ class RunPage {
       ["environment", h("a", { href: `/environments/${encodeURIComponent(run.environment)}` }, run.environment)],
       ["model", run.model], ["algorithm", run.algorithm],
       ["progress", h("span", { id: "progress" }, `${run.steps_done} / ${run.steps} steps`)],
-      ["samples seen", number(run.samples_seen)], ["policy version", run.policy_version],
+      ["samples seen", h("span", { id: "samples-seen" }, number(run.samples_seen))],
+      ["policy version", h("span", { id: "policy-version" }, run.policy_version)],
       ["held-out accuracy", `${number(run.eval.base)} at step 0 → ${number(run.eval.latest)} at step ${run.eval.latest_step ?? "–"}`],
       ["created", when(run.created_at)], ["updated", when(run.updated_at)],
     ];
@@ -91,7 +92,8 @@ class RunPage {
     }
   }
 
-  // Follow the run's events from now on; resolves once the stream is open.
+  // Follow the run's events from now on; resolves once the stream is open and the run
+  // read again.
   async follow() {
     if (this.following) return;
     const following = (this.following = new AbortController());
@@ -108,6 +110,7 @@ class RunPage {
         this.following = null;
       });
     await Promise.race([open, done]);
+    await this.refreshRun(); // what changed before the stream opened
   }
 
   onEvent(message) {
@@ -121,6 +124,8 @@ class RunPage {
       this.appendRate(payload.step, Date.parse(event.created_at));
       this.run.steps_done = Math.max(this.run.steps_done, payload.step);
       document.getElementById("progress").textContent = `${this.run.steps_done} / ${this.run.steps} steps`;
+      document.getElementById("policy-version").textContent = this.run.steps_done; // a step is a version
+      if (payload.metrics?.samples_seen) document.getElementById("samples-seen").textContent = number(payload.metrics.samples_seen);
       this.scheduleRedraw();
     } else if (event.kind === "eval") {
       this.append("eval_accuracy", payload.step, payload.accuracy);
