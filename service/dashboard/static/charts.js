@@ -47,7 +47,7 @@ export function draw(node, title, traces, xTitle, extra = {}) {
     x: trace.points.map((p) => p[0]),
     y: trace.points.map((p) => p[1]),
   }));
-  const layout = { ...LAYOUT, title: { text: title, x: 0.02 }, xaxis: { title: { text: xTitle } }, showlegend: traces.length > 1, ...extra };
+  const layout = { ...LAYOUT, title: { text: title, x: 0.02 }, xaxis: { title: { text: xTitle } }, showlegend: traces.length > 1 || traces[0]?.name !== title, ...extra };
   return window.Plotly.react(node, data, layout, CONFIG);
 }
 

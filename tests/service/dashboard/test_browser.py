@@ -14,6 +14,7 @@ OPSD_REQUIRE_BROWSER is set (CI sets it: a missing browser fails).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ import pytest
 from service.client import Client
 from service.settings import Settings
 
+from ..api.helpers import make_run, trajectory
 from ..live import LiveServer
+from ..records import set_status
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 try:
@@ -110,7 +113,15 @@ class Page:
         return self.find(css).text
 
     def shot(self, name: str) -> None:
-        assert self.browser.save_screenshot(str(self.artifacts / f"{name}.png"))
+        """A screenshot of the whole page, not only the window."""
+        width, height = self.browser.execute_script(
+            "const e = document.documentElement; return [e.scrollWidth, e.scrollHeight];"
+        )
+        clip = {"x": 0, "y": 0, "width": width, "height": min(height, 6000), "scale": 1}
+        shot = self.browser.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
+        (self.artifacts / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +230,58 @@ def test_an_environment_is_tried_from_its_page(page):
     page.find("#try-table")
     assert len(page.browser.find_elements(By.CSS_SELECTOR, "#try-table tr")) == 1 + 2 * 2
     page.shot("07-environment-try")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Iterator[LiveServer]:
+    """A server that trains nothing, for runs written straight into its record."""
+    data = tmp_path_factory.mktemp("dashboard-recorded")
+    with LiveServer(Settings(data_dir=data, poll_s=0.05)) as live:
+        yield live
+
+
+def test_a_tool_episode_sets_its_tool_output_apart_as_not_trained_on(browser, artifacts, recorded):
+    repo = recorded.app.state.services.repo
+    run = make_run(repo)
+    per_turn = [{"tokens": 3, "tool": "lookup", "ran": True}, {"tokens": 2, "tool": None}]
+    episode = trajectory(0, 0) | {"metrics": {"turns": 2, "tool_calls": 1, "per_turn": per_turn}}
+    tokens = ["<call>", "x", "</call>", "<out>", "42", "</out>", "4", "2"]
+    ratios = [0.5, -1.5, 0.1, None, None, None, -2.5, 3.0]  # tool output: no ratio
+    assert repo.record_step(run.id, 1, "b1", {"loss": 0.5}, 0, [episode], [ratios], [tokens])
+    set_status(repo, run.id, "completed")
+    (row,), _ = repo.list_trajectories(run.id)
+
+    page = Page(browser, recorded.url, artifacts)
+    page.open(f"/runs/{run.id}/trajectories/{row.id}")
+    labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#tokens .segment-label")]
+    assert labels == ["model turn 1", "tool output · not trained on", "model turn 2"]
+    untrained = browser.find_elements(By.CSS_SELECTOR, "#tokens .segment.untrained .token")
+    assert [t.text for t in untrained] == ["<out>", "42", "</out>"]
+    scored = browser.find_elements(By.CSS_SELECTOR, "#tokens .token[data-log-ratio]")
+    assert [float(t.get_attribute("data-log-ratio")) for t in scored] == [0.5, -1.5, 0.1, -2.5, 3.0]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#turns tr")) == 1 + 2
+    page.shot("11-tool-episode")
+
+
+def test_every_metric_a_run_records_is_charted_the_health_metrics_too(browser, artifacts, recorded):
+    repo = recorded.app.state.services.repo
+    run = make_run(repo)
+    health = {"teacher_signal_frac": 0.5, "teacher_gap": 0.2, "entropy": 1.1, "truncated_frac": 0}
+    for step in (1, 2, 3):
+        metrics = {"reward_mean": step / 4, "loss": 1 / step, "a_new_metric": step, **health}
+        assert repo.record_step(run.id, step, f"b{step}", metrics, step - 1, [trajectory(0, 0)])
+    set_status(repo, run.id, "completed")
+
+    page = Page(browser, recorded.url, artifacts)
+    page.open(f"/runs/{run.id}")
+    page.find("#chart-a-new-metric .main-svg")
+    charted = {
+        name
+        for chart in browser.find_elements(By.CSS_SELECTOR, "#charts .chart")
+        for name in chart.get_attribute("data-metrics").split()
+    }
+    assert {*health, "teacher_gap", "reward_mean", "loss", "a_new_metric", "steps_per_s"} <= charted
+    page.shot("12-run-health-metrics")
 
 
 def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, artifacts, tmp_path):
