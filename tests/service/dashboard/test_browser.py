@@ -204,13 +204,20 @@ def test_a_trajectory_shows_its_tokens_coloured_by_the_log_ratio(page, api, foll
 def test_two_runs_overlaid_against_samples_export_as_png_and_svg(page, api, followed_run):
     other = api.create_run("arithmetic", algorithm="grpo", steps=2, config=SMALL_RUN)["id"]
     page.until(lambda _: api.get_run(other)["status"] == "completed")
+    page.open("/")  # picked on the run list
+    for run_id in (followed_run, other):
+        page.click(f"#runs input[value='{run_id}']")
+    page.shot("06-runs")
+    page.click("#compare-selected")
+    page.find("#compare-chart .main-svg")
+    assert page.browser.current_url.endswith(f"/compare?runs={other},{followed_run}")
     page.open(f"/compare?runs={followed_run},{other}&metric=reward_mean")
     page.find("#compare-chart .main-svg")
     assert (
         len(page.browser.find_elements(By.CSS_SELECTOR, "#compare-chart .scatterlayer .trace")) == 2
     )
     assert "samples" in page.text("#compare-chart")
-    page.shot("06-compare")
+    page.shot("07-compare")
     for format, prefix in [("png", "data:image/png"), ("svg", "data:image/svg+xml")]:
         page.click(f"#export-{format}")
         page.until(
@@ -229,7 +236,7 @@ def test_an_environment_is_tried_from_its_page(page):
     page.click("#try-button")
     page.find("#try-table")
     assert len(page.browser.find_elements(By.CSS_SELECTOR, "#try-table tr")) == 1 + 2 * 2
-    page.shot("07-environment-try")
+    page.shot("08-environment-try")
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +267,7 @@ def test_a_tool_episode_sets_its_tool_output_apart_as_not_trained_on(browser, ar
     scored = browser.find_elements(By.CSS_SELECTOR, "#tokens .token[data-log-ratio]")
     assert [float(t.get_attribute("data-log-ratio")) for t in scored] == [0.5, -1.5, 0.1, -2.5, 3.0]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#turns tr")) == 1 + 2
-    page.shot("11-tool-episode")
+    page.shot("09-tool-episode")
 
 
 def test_every_metric_a_run_records_is_charted_the_health_metrics_too(browser, artifacts, recorded):
@@ -281,7 +288,7 @@ def test_every_metric_a_run_records_is_charted_the_health_metrics_too(browser, a
         for name in chart.get_attribute("data-metrics").split()
     }
     assert {*health, "teacher_gap", "reward_mean", "loss", "a_new_metric", "steps_per_s"} <= charted
-    page.shot("12-run-health-metrics")
+    page.shot("10-run-health-metrics")
 
 
 def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, artifacts, tmp_path):
@@ -291,13 +298,13 @@ def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, art
         page.open("/")
         assert "401" in page.text("#main .error")
         page.find("#main .error a[href='/token']")
-        page.shot("08-token-needed")
+        page.shot("11-token-needed")
 
         page.open("/token")
         page.find("#token-input").send_keys(READ_TOKEN)
         page.click("#token-save")
         page.until(lambda b: "accepts" in b.find_element(By.ID, "token-check").text)
-        page.shot("09-token-view")
+        page.shot("12-token-view")
         page.open("/")
         page.find("#main h1")
         assert not browser.find_elements(By.CSS_SELECTOR, "#main .error")
@@ -318,7 +325,7 @@ def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, art
         page.click("#create-run")
         page.until(lambda b: b.current_url.rstrip("/").split("/")[-1].isdigit())
         assert "Run #1" in page.text("#main h1")
-        page.shot("10-run-created-with-token")
+        page.shot("13-run-created-with-token")
         page.open("/token")
         page.click("#token-clear")  # the next page of this browser starts without one
         browser.get("about:blank")
