@@ -30,8 +30,12 @@ async function answer(response) {
   const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
   if (response.ok) return body;
   const error = body?.error ?? {};
-  throw new ApiError(response.status, error.code ?? "http_" + response.status,
-    error.message ?? response.statusText, error.details);
+  throw new ApiError(
+    response.status,
+    error.code ?? "http_" + response.status,
+    error.message ?? response.statusText,
+    error.details,
+  );
 }
 
 export async function get(path, params = {}) {

@@ -6,7 +6,10 @@ export const PANELS = [
   { title: "Reward", metrics: ["reward_mean", "ok_fraction"] },
   { title: "Held-out accuracy", metrics: ["eval_accuracy"] },
   { title: "Loss", metrics: ["loss", "distill_loss", "grpo_loss"] },
-  { title: "Divergence", metrics: ["log_ratio_mean", "teacher_gap", "sampler_logprob_gap_mean", "advantage_abs_mean"] },
+  {
+    title: "Divergence",
+    metrics: ["log_ratio_mean", "teacher_gap", "sampler_logprob_gap_mean", "advantage_abs_mean"],
+  },
   { title: "Response length (tokens)", metrics: ["response_tokens_mean"] },
   { title: "Run health", metrics: ["teacher_signal_frac", "truncated_frac", "entropy"] },
   { title: "Tool calls", metrics: ["turns_mean", "tool_calls_mean", "tool_errors_mean"] },
@@ -20,8 +23,10 @@ const NOT_CHARTED = new Set(["samples_seen"]); // the x axis "samples"
 export function panelsFor(names) {
   const present = new Set(names);
   const known = new Set(PANELS.flatMap((panel) => panel.metrics));
-  const panels = PANELS.map((panel) => ({ ...panel, metrics: panel.metrics.filter((m) => present.has(m)) }))
-    .filter((panel) => panel.metrics.length);
+  const panels = PANELS.map((panel) => ({
+    ...panel,
+    metrics: panel.metrics.filter((m) => present.has(m)),
+  })).filter((panel) => panel.metrics.length);
   const others = [...present].filter((m) => !known.has(m) && !NOT_CHARTED.has(m)).sort();
   return [...panels, ...others.map((m) => ({ title: m, metrics: [m] }))];
 }
@@ -47,15 +52,27 @@ export function draw(node, title, traces, xTitle, extra = {}) {
     x: trace.points.map((p) => p[0]),
     y: trace.points.map((p) => p[1]),
   }));
-  const layout = { ...LAYOUT, title: { text: title, x: 0.02 }, xaxis: { title: { text: xTitle } }, showlegend: traces.length > 1 || traces[0]?.name !== title, ...extra };
+  const layout = {
+    ...LAYOUT,
+    title: { text: title, x: 0.02 },
+    xaxis: { title: { text: xTitle } },
+    showlegend: traces.length > 1 || traces[0]?.name !== title,
+    ...extra,
+  };
   return window.Plotly.react(node, data, layout, CONFIG);
 }
 
-// At most `max` points, evenly spaced, the first and the last always kept (as the API thins).
+// At most `max` points, evenly spaced, the first and the last always kept: exactly as the
+// API thins (service.runs.service.thin, whose round() rounds halves to even).
 export function thin(points, max) {
   if (points.length <= max) return points;
   const last = points.length - 1;
-  return Array.from({ length: max }, (_, i) => points[Math.round((i * last) / (max - 1))]);
+  return Array.from({ length: max }, (_, i) => points[roundHalfEven((i * last) / (max - 1))]);
+}
+
+function roundHalfEven(x) {
+  const nearest = Math.round(x);
+  return x % 1 === 0.5 && nearest % 2 === 1 ? nearest - 1 : nearest;
 }
 
 // [[step, v]] -> [[samples, v]]: every step trains prompts_per_step x samples_per_prompt samples.

@@ -19,7 +19,9 @@ export function h(tag, attrs = {}, ...children) {
 
 export function main(...children) {
   const node = document.getElementById("main");
-  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  node.replaceChildren(
+    ...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false),
+  );
   return node;
 }
 
@@ -40,12 +42,22 @@ export function status(value) {
 // An API error as a page shows it; a 401/403 points at the token page.
 export function errorBox(error) {
   const needsToken = error.status === 401 || error.code === "read_only_token";
-  return h("div", { class: "error", role: "alert" },
-    h("strong", {}, `${error.status ?? ""} ${error.code ?? "error"}: `), error.message,
-    needsToken ? h("p", {}, "This server needs an API token: ", h("a", { href: "/token" }, "enter it"), ".") : null,
+  return h(
+    "div",
+    { class: "error", role: "alert" },
+    h("strong", {}, `${error.status ?? ""} ${error.code ?? "error"}: `),
+    error.message,
+    needsToken
+      ? h("p", {}, "This server needs an API token: ", h("a", { href: "/token" }, "enter it"), ".")
+      : null,
     Array.isArray(error.details)
-      ? h("ul", {}, error.details.map((d) => h("li", {}, `${(d.loc ?? []).join(".")}: ${d.msg ?? JSON.stringify(d)}`)))
-      : null);
+      ? h(
+          "ul",
+          {},
+          error.details.map((d) => h("li", {}, `${(d.loc ?? []).join(".")}: ${d.msg ?? JSON.stringify(d)}`)),
+        )
+      : null,
+  );
 }
 
 // The JSON of `value`, readable.

@@ -10,21 +10,51 @@ export async function render(_parts, query) {
     get("/v1/environments"),
   ]);
   const chosen = query.get("environment") ?? "arithmetic";
-  const algorithm = h("select", { name: "algorithm", id: "algorithm" }, Object.keys(presets).map((name) => h("option", { value: name }, name)));
+  const algorithm = h(
+    "select",
+    { name: "algorithm", id: "algorithm" },
+    Object.keys(presets).map((name) => h("option", { value: name }, name)),
+  );
   const steps = h("input", { name: "steps", id: "steps", type: "number", min: 1, step: 1 });
   const config = h("div", { class: "config" }, schemaFields(schema, h, [...reserved, "steps"]));
   const message = h("div", { id: "form-message" });
-  const form = h("form", { id: "new-run" },
-    h("label", { class: "field" }, h("span", {}, "environment"),
-      h("select", { name: "environment", id: "environment" }, environments.items.map((env) =>
-        h("option", { value: env.name, selected: env.name === chosen }, `${env.name}${env.registered ? "" : " (kind)"}`)))),
-    h("label", { class: "field" }, h("span", {}, "model"), h("input", { name: "model", id: "model", value: query.get("model") ?? "tiny", required: true })),
+  const form = h(
+    "form",
+    { id: "new-run" },
+    h(
+      "label",
+      { class: "field" },
+      h("span", {}, "environment"),
+      h(
+        "select",
+        { name: "environment", id: "environment" },
+        environments.items.map((env) =>
+          h(
+            "option",
+            { value: env.name, selected: env.name === chosen },
+            `${env.name}${env.registered ? "" : " (kind)"}`,
+          ),
+        ),
+      ),
+    ),
+    h(
+      "label",
+      { class: "field" },
+      h("span", {}, "model"),
+      h("input", { name: "model", id: "model", value: query.get("model") ?? "tiny", required: true }),
+    ),
     h("label", { class: "field" }, h("span", {}, "algorithm"), algorithm),
     h("label", { class: "field" }, h("span", {}, "steps"), steps),
-    h("h2", {}, "Configuration ", h("small", { class: "muted" }, "(the preset's values; only what you change is sent)")),
+    h(
+      "h2",
+      {},
+      "Configuration ",
+      h("small", { class: "muted" }, "(the preset's values; only what you change is sent)"),
+    ),
     config,
     h("p", {}, h("button", { type: "submit", id: "create-run" }, "Start run")),
-    message);
+    message,
+  );
   const showPreset = () => {
     const preset = presets[algorithm.value];
     fill(config, preset);

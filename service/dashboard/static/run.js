@@ -8,7 +8,11 @@ import { errorBox, h, main, number, pre, status, when } from "./dom.js";
 const POINTS = 1000; // per metric, from the API and kept on the page
 const TERMINAL = new Set(["completed", "failed", "cancelled", "stopped"]);
 const STEPS_PER_S_WINDOW = 10; // as the API's `steps_per_s`
-const ACTIONS = { stop: ["queued", "running"], resume: ["stopped", "failed"], cancel: ["queued", "running", "stopped", "failed"] };
+const ACTIONS = {
+  stop: ["queued", "running"],
+  resume: ["stopped", "failed"],
+  cancel: ["queued", "running", "stopped", "failed"],
+};
 
 export async function render(parts, query) {
   const id = Number(parts[1]);
@@ -42,8 +46,14 @@ class RunPage {
   }
 
   layout() {
-    const xPicker = h("span", { class: "toggle" }, "x axis: ",
-      ["steps", "samples"].map((x) => h("a", { href: `?x=${x}`, class: x === this.x ? "active" : "", id: `x-${x}` }, x)));
+    const xPicker = h(
+      "span",
+      { class: "toggle" },
+      "x axis: ",
+      ["steps", "samples"].map((x) =>
+        h("a", { href: `?x=${x}`, class: x === this.x ? "active" : "", id: `x-${x}` }, x),
+      ),
+    );
     main(
       h("h1", {}, `Run #${this.id} `, h("span", { id: "run-status" })),
       h("p", { class: "toolbar", id: "controls" }),
@@ -56,28 +66,57 @@ class RunPage {
       h("ol", { id: "events", class: "events", reversed: true }),
       h("h2", {}, "Checkpoints"),
       h("div", { id: "checkpoints" }),
-      h("details", {}, h("summary", {}, "Configuration"), pre(this.run.config)));
+      h("details", {}, h("summary", {}, "Configuration"), pre(this.run.config)),
+    );
   }
 
   showRun() {
     const run = this.run;
     document.getElementById("run-status").replaceChildren(status(run.status));
     const buttons = Object.entries(ACTIONS).map(([action, from]) =>
-      h("button", { type: "button", id: `action-${action}`, disabled: !from.includes(run.status), onclick: () => this.act(action) }, action));
-    document.getElementById("controls").replaceChildren(...buttons, " ",
-      h("a", { href: `/runs/${this.id}/trajectories` }, "Trajectories"), " · ",
-      h("a", { href: `/compare?runs=${this.id}` }, "Compare"));
+      h(
+        "button",
+        {
+          type: "button",
+          id: `action-${action}`,
+          disabled: !from.includes(run.status),
+          onclick: () => this.act(action),
+        },
+        action,
+      ),
+    );
+    document
+      .getElementById("controls")
+      .replaceChildren(
+        ...buttons,
+        " ",
+        h("a", { href: `/runs/${this.id}/trajectories` }, "Trajectories"),
+        " · ",
+        h("a", { href: `/compare?runs=${this.id}` }, "Compare"),
+      );
     const facts = [
-      ["environment", h("a", { href: `/environments/${encodeURIComponent(run.environment)}` }, run.environment)],
-      ["model", run.model], ["algorithm", run.algorithm],
+      [
+        "environment",
+        h("a", { href: `/environments/${encodeURIComponent(run.environment)}` }, run.environment),
+      ],
+      ["model", run.model],
+      ["algorithm", run.algorithm],
       ["progress", h("span", { id: "progress" }, `${run.steps_done} / ${run.steps} steps`)],
       ["samples seen", h("span", { id: "samples-seen" }, number(run.samples_seen))],
       ["policy version", h("span", { id: "policy-version" }, run.policy_version)],
-      ["held-out accuracy", `${number(run.eval.base)} at step 0 → ${number(run.eval.latest)} at step ${run.eval.latest_step ?? "–"}`],
-      ["created", when(run.created_at)], ["updated", when(run.updated_at)],
+      [
+        "held-out accuracy",
+        `${number(run.eval.base)} at step 0 → ${number(run.eval.latest)} at step ${run.eval.latest_step ?? "–"}`,
+      ],
+      ["created", when(run.created_at)],
+      ["updated", when(run.updated_at)],
     ];
-    document.getElementById("run-facts").replaceChildren(...facts.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))));
-    document.getElementById("run-error").replaceChildren(run.error ? h("div", { class: "error" }, run.error) : "");
+    document
+      .getElementById("run-facts")
+      .replaceChildren(...facts.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))));
+    document
+      .getElementById("run-error")
+      .replaceChildren(run.error ? h("div", { class: "error" }, run.error) : "");
   }
 
   async act(action) {
@@ -99,11 +138,19 @@ class RunPage {
     const following = (this.following = new AbortController());
     const live = document.getElementById("live");
     let opened;
-    const open = new Promise((resolve) => { opened = resolve; });
-    const done = stream(`/v1/runs/${this.id}/events?tail=true`, (m) => this.onEvent(m), following.signal, () => {
-      live.textContent = "● live";
-      opened();
-    }).catch((error) => document.getElementById("run-error").replaceChildren(errorBox(error)))
+    const open = new Promise((resolve) => {
+      opened = resolve;
+    });
+    const done = stream(
+      `/v1/runs/${this.id}/events?tail=true`,
+      (m) => this.onEvent(m),
+      following.signal,
+      () => {
+        live.textContent = "● live";
+        opened();
+      },
+    )
+      .catch((error) => document.getElementById("run-error").replaceChildren(errorBox(error)))
       .finally(() => {
         if (this.following !== following) return; // a newer stream took over
         live.textContent = "";
@@ -120,12 +167,14 @@ class RunPage {
     list.prepend(h("li", {}, h("code", {}, event.kind), " ", describe(event)));
     while (list.children.length > 20) list.lastChild.remove();
     if (event.kind === "step") {
-      for (const [name, value] of Object.entries(payload.metrics ?? {})) this.append(name, payload.step, value);
+      for (const [name, value] of Object.entries(payload.metrics ?? {}))
+        this.append(name, payload.step, value);
       this.appendRate(payload.step, Date.parse(event.created_at));
       this.run.steps_done = Math.max(this.run.steps_done, payload.step);
       document.getElementById("progress").textContent = `${this.run.steps_done} / ${this.run.steps} steps`;
       document.getElementById("policy-version").textContent = this.run.steps_done; // a step is a version
-      if (payload.metrics?.samples_seen) document.getElementById("samples-seen").textContent = number(payload.metrics.samples_seen);
+      if (payload.metrics?.samples_seen)
+        document.getElementById("samples-seen").textContent = number(payload.metrics.samples_seen);
       this.scheduleRedraw();
     } else if (event.kind === "eval") {
       this.append("eval_accuracy", payload.step, payload.accuracy);
@@ -191,16 +240,31 @@ class RunPage {
 
   async showCheckpoints() {
     const { items } = await get(`/v1/runs/${this.id}/checkpoints`);
-    document.getElementById("checkpoints").replaceChildren(items.length
-      ? h("table", { id: "checkpoint-list" }, h("tr", {}, h("th", {}, "step"), h("th", {}, "path"), h("th", {}, "kept")),
-        items.map((c) => h("tr", {}, h("td", {}, c.step), h("td", {}, h("code", {}, c.path)), h("td", {}, when(c.created_at)))))
-      : h("p", { class: "muted" }, "No checkpoint yet."));
+    document.getElementById("checkpoints").replaceChildren(
+      items.length
+        ? h(
+            "table",
+            { id: "checkpoint-list" },
+            h("tr", {}, h("th", {}, "step"), h("th", {}, "path"), h("th", {}, "kept")),
+            items.map((c) =>
+              h(
+                "tr",
+                {},
+                h("td", {}, c.step),
+                h("td", {}, h("code", {}, c.path)),
+                h("td", {}, when(c.created_at)),
+              ),
+            ),
+          )
+        : h("p", { class: "muted" }, "No checkpoint yet."),
+    );
   }
 }
 
 function describe(event) {
   const p = event.payload;
-  if (event.kind === "step") return `step ${p.step}: reward ${number(p.metrics?.reward_mean)}, loss ${number(p.metrics?.loss)}`;
+  if (event.kind === "step")
+    return `step ${p.step}: reward ${number(p.metrics?.reward_mean)}, loss ${number(p.metrics?.loss)}`;
   if (event.kind === "eval") return `step ${p.step}: held-out accuracy ${number(p.accuracy)}`;
   if (event.kind === "batch") return `step ${p.step} sampled`;
   return p.error ?? p.status ?? "";

@@ -18,17 +18,29 @@ function field(path, property, defs, h) {
   const p = resolve(property, defs);
   const name = path.split(".").pop();
   if (p.type === "object" && p.properties) {
-    return h("details", { class: "group" }, h("summary", {}, name),
-      Object.entries(p.properties).map(([key, child]) => field(`${path}.${key}`, child, defs, h)));
+    return h(
+      "details",
+      { class: "group" },
+      h("summary", {}, name),
+      Object.entries(p.properties).map(([key, child]) => field(`${path}.${key}`, child, defs, h)),
+    );
   }
   const options = (p.anyOf ?? []).filter((o) => o.type !== "null").map((o) => resolve(o, defs));
   const nullable = (p.anyOf ?? []).some((o) => o.type === "null");
   const leaf = options.length === 1 ? { ...options[0], description: p.description } : p;
-  const attrs = { name: path, id: `field-${path}`, dataset: { path, kind: kindOf(leaf, options), nullable: nullable ? "yes" : "" } };
+  const attrs = {
+    name: path,
+    id: `field-${path}`,
+    dataset: { path, kind: kindOf(leaf, options), nullable: nullable ? "yes" : "" },
+  };
   let input;
   if (attrs.dataset.kind === "enum") {
     const values = nullable ? ["", ...leaf.enum] : leaf.enum;
-    input = h("select", attrs, values.map((v) => h("option", { value: v }, v === "" ? "(none)" : v)));
+    input = h(
+      "select",
+      attrs,
+      values.map((v) => h("option", { value: v }, v === "" ? "(none)" : v)),
+    );
   } else if (attrs.dataset.kind === "boolean") {
     input = h("input", { ...attrs, type: "checkbox" });
   } else if (attrs.dataset.kind === "json") {
@@ -39,14 +51,24 @@ function field(path, property, defs, h) {
       ...attrs,
       type: numeric ? "number" : "text",
       step: attrs.dataset.kind === "integer" ? 1 : "any",
-      min: leaf.minimum ?? leaf.exclusiveMinimum, max: leaf.maximum ?? leaf.exclusiveMaximum,
+      min: leaf.minimum ?? leaf.exclusiveMinimum,
+      max: leaf.maximum ?? leaf.exclusiveMaximum,
       placeholder: nullable ? "(none)" : "",
     });
   }
-  input.addEventListener("input", () => { input.dataset.dirty = "yes"; });
-  input.addEventListener("change", () => { input.dataset.dirty = "yes"; });
-  return h("label", { class: "field", title: p.description ?? "" }, h("span", {}, name), input,
-    p.description ? h("small", { class: "muted" }, p.description) : null);
+  input.addEventListener("input", () => {
+    input.dataset.dirty = "yes";
+  });
+  input.addEventListener("change", () => {
+    input.dataset.dirty = "yes";
+  });
+  return h(
+    "label",
+    { class: "field", title: p.description ?? "" },
+    h("span", {}, name),
+    input,
+    p.description ? h("small", { class: "muted" }, p.description) : null,
+  );
 }
 
 function kindOf(leaf, options) {

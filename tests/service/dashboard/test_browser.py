@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from service.client import Client
+from service.runs.service import thin
 from service.settings import Settings
 
 from ..api.helpers import make_run, trajectory
@@ -237,6 +238,19 @@ def test_an_environment_is_tried_from_its_page(page):
     page.find("#try-table")
     assert len(page.browser.find_elements(By.CSS_SELECTOR, "#try-table tr")) == 1 + 2 * 2
     page.shot("08-environment-try")
+
+
+def test_the_pages_thin_a_series_as_the_api_does(page):
+    page.open("/runs/new")
+    for length, points in [(2500, 1000), (10, 3), (42, 9), (5, 5)]:
+        series = [[step, step / 10] for step in range(1, length + 1)]
+        thinned = page.browser.execute_async_script(
+            "const [series, points, done] = arguments;"
+            "import('/ui/charts.js').then((charts) => done(charts.thin(series, points)));",
+            series,
+            points,
+        )
+        assert thinned == [list(point) for point in thin(series, points)], (length, points)
 
 
 @pytest.fixture(scope="module")
