@@ -18,6 +18,8 @@ const VIEWS = {
 const parts = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
 const query = new URLSearchParams(location.search);
 
+// A page restored from the back-forward cache has lost its live streams: read it anew.
+addEventListener("pageshow", (event) => event.persisted && location.reload());
 document.getElementById("token-state").textContent = token() ? "token set" : "no token";
 const view = await VIEWS[document.body.dataset.page]();
 try {

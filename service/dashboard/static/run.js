@@ -31,6 +31,8 @@ class RunPage {
   }
 
   async start() {
+    // Leaving the page closes the stream (a page kept for "back" would hold it open).
+    addEventListener("pagehide", () => this.following?.abort());
     this.run = await get(`/v1/runs/${this.id}`);
     this.layout();
     this.showRun();

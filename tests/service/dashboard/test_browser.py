@@ -340,8 +340,8 @@ def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, art
         page.until(lambda b: b.current_url.rstrip("/").split("/")[-1].isdigit())
         assert "Run #1" in page.text("#main h1")
         page.shot("13-run-created-with-token")
-        page.open("/token")
+        page.open("/runs/1")  # queued for good: nothing trains here, its stream stays open
+        page.until(lambda b: "live" in b.find_element(By.ID, "live").text)
+        page.open("/token")  # leaving the page closes its stream, so the server can stop
         page.click("#token-clear")  # the next page of this browser starts without one
         browser.get("about:blank")
-        with Client(guarded.url, token=TOKEN) as client:
-            client.cancel_run(1)  # its stream ends: the server can stop
