@@ -2,35 +2,14 @@
 import { get } from "./api.js";
 import { h, main, number, status, when } from "./dom.js";
 
+const REFRESH_MS = 5000;
+
 export async function render(_parts, query) {
   const cursor = query.get("cursor");
   const filter = query.get("status") ?? "";
-  const page = await get("/v1/runs", { limit: 50, cursor, status: filter });
-  const rows = page.items.map((run) =>
-    h(
-      "tr",
-      { dataset: { run: run.id } },
-      h(
-        "td",
-        {},
-        h("input", {
-          type: "checkbox",
-          name: "compare",
-          value: run.id,
-          "aria-label": `compare run ${run.id}`,
-        }),
-      ),
-      h("td", {}, h("a", { href: `/runs/${run.id}` }, `#${run.id}`)),
-      h("td", {}, status(run.status)),
-      h("td", {}, run.algorithm),
-      h("td", {}, h("a", { href: `/environments/${encodeURIComponent(run.environment)}` }, run.environment)),
-      h("td", {}, run.model),
-      h("td", {}, progress(run)),
-      h("td", {}, number(run.eval.latest)),
-      h("td", {}, number(run.samples_seen)),
-      h("td", {}, when(run.updated_at)),
-    ),
-  );
+  const params = { limit: 50, cursor, status: filter };
+  const page = await get("/v1/runs", params);
+  const rows = page.items.map(row);
   const compare = h(
     "button",
     {
@@ -94,6 +73,52 @@ export async function render(_parts, query) {
       : h("p", { class: "muted" }, "No runs yet."),
     pager(query, page.next_cursor),
   );
+  refreshWhileActive(params, page.items);
+}
+
+function row(run) {
+  return h(
+    "tr",
+    { dataset: { run: run.id } },
+    h(
+      "td",
+      {},
+      h("input", {
+        type: "checkbox",
+        name: "compare",
+        value: run.id,
+        "aria-label": `compare run ${run.id}`,
+      }),
+    ),
+    h("td", {}, h("a", { href: `/runs/${run.id}` }, `#${run.id}`)),
+    h("td", {}, status(run.status)),
+    h("td", {}, run.algorithm),
+    h("td", {}, h("a", { href: `/environments/${encodeURIComponent(run.environment)}` }, run.environment)),
+    h("td", {}, run.model),
+    h("td", {}, progress(run)),
+    h("td", {}, number(run.eval.latest)),
+    h("td", {}, number(run.samples_seen)),
+    h("td", {}, when(run.updated_at)),
+  );
+}
+
+// While a listed run is queued or running, the list is read again every few seconds;
+// the rows are replaced, the ticked boxes kept.
+function refreshWhileActive(params, items) {
+  const active = new Set(["queued", "running"]);
+  if (!items.some((run) => active.has(run.status))) return;
+  setTimeout(async () => {
+    const fresh = await get("/v1/runs", params);
+    for (const run of fresh.items) {
+      const old = document.querySelector(`#runs tr[data-run="${run.id}"]`);
+      if (!old) continue;
+      const ticked = old.querySelector("input").checked;
+      const replacement = row(run);
+      replacement.querySelector("input").checked = ticked;
+      old.replaceWith(replacement);
+    }
+    refreshWhileActive(params, fresh.items);
+  }, REFRESH_MS);
 }
 
 function progress(run) {

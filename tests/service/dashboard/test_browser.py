@@ -305,6 +305,21 @@ def test_every_metric_a_run_records_is_charted_the_health_metrics_too(browser, a
     page.shot("10-run-health-metrics")
 
 
+def test_the_run_list_follows_the_progress_of_active_runs(browser, artifacts, recorded):
+    repo = recorded.app.state.services.repo
+    run = make_run(repo)  # queued
+    page = Page(browser, recorded.url, artifacts)
+    page.open("/")
+    page.click(f"#runs input[value='{run.id}']")
+    progress = f"#runs tr[data-run='{run.id}'] .progress"
+    assert page.text(progress).startswith("0/10")
+    assert repo.record_step(run.id, 1, "b1", {"loss": 0.5}, 0, [trajectory(0, 0)])
+    repo.add_event(run.id, "step", {"step": 1})  # as the worker does after every step
+    page.until(lambda b: b.find_element(By.CSS_SELECTOR, progress).text.startswith("1/10"))
+    assert page.find(f"#runs input[value='{run.id}']").is_selected()  # the tick is kept
+    set_status(repo, run.id, "cancelled")
+
+
 def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, artifacts, tmp_path):
     settings = Settings(data_dir=tmp_path, api_token=TOKEN, read_token=READ_TOKEN, poll_s=0.05)
     with LiveServer(settings) as guarded:
