@@ -1,4 +1,4 @@
-// Building pages: a small element helper and the formats every page shares.
+// Building pages: a small element builder and the formats every page shares.
 
 // h("a", {href: "/"}, "Runs") -> <a href="/">Runs</a>; children may be nodes, text or arrays.
 export function h(tag, attrs = {}, ...children) {
