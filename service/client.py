@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 import httpx
@@ -81,6 +82,8 @@ class Checkpoint(TypedDict):
     step: int
     path: str
     created_at: str
+    eval_accuracy: float | None
+    best: bool
 
 
 class ErrorBody(TypedDict):
@@ -241,6 +244,27 @@ class Client:
         }
         return self._post(f"/v1/environments/{name}/try", body)["items"]
 
+    def probe_environment(
+        self,
+        name: str,
+        *,
+        model: str = "tiny",
+        groups: int = 4,
+        samples_per_prompt: int = 8,
+        max_new_tokens: int = 16,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """The teacher-student gap, teacher-signal share and base reward of a few groups,
+        before any training (docs/operating.md "Run health")."""
+        body = {
+            "model": model,
+            "groups": groups,
+            "samples_per_prompt": samples_per_prompt,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        }
+        return self._post(f"/v1/environments/{name}/probe", body)
+
     # -- runs -----------------------------------------------------------------------
 
     def create_run(
@@ -312,7 +336,24 @@ class Client:
         return self._get(f"/v1/runs/{run_id}/trajectories/{trajectory_id}")
 
     def list_checkpoints(self, run_id: int) -> list[Checkpoint]:
+        """The run's milestone checkpoints; `best` marks the highest held-out accuracy."""
         return self._get(f"/v1/runs/{run_id}/checkpoints")["items"]
+
+    def download_checkpoint(self, run_id: int, step: int, dest: Path) -> Path:
+        """Write the checkpoint at `step` to the tar file `dest` (streamed: a model of many
+        gigabytes is never held in memory); returns `dest`."""
+        path = f"/v1/runs/{run_id}/checkpoints/{step}/archive"
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as got:
+                if got.is_error:
+                    got.read()
+                    raise error_from_response(got)
+                with dest.open("wb") as f:
+                    for chunk in got.iter_bytes(1 << 20):
+                        f.write(chunk)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, _reason(exc)) from exc
+        return dest
 
     # -- events (SSE) ---------------------------------------------------------------
 

@@ -192,11 +192,19 @@ class SamplingConfig(_Config):
     server_model: str | None = Field(
         None, max_length=256, description="the server's name for the model; default: the run's"
     )
+    server_adapters: bool = Field(
+        False,
+        description="a LoRA run pushes its adapter to the server through vLLM's runtime "
+        "adapter endpoint (a server started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1) instead of merged full weights",
+    )
 
     @model_validator(mode="after")
     def _server_named(self) -> SamplingConfig:
         if self.backend == "server" and self.server_url is None:
             raise ValueError("sampling.backend 'server' needs sampling.server_url")
+        if self.server_adapters and self.backend != "server":
+            raise ValueError("sampling.server_adapters needs sampling.backend 'server'")
         return self
 
 
@@ -230,6 +238,36 @@ class EvalConfig(_Config):
     max_new_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
 
 
+class GuardConfig(_Config):
+    """When a run stops itself before it collapses (docs/operating.md "Run health"); every
+    guard is off until set. A stopped run keeps its best checkpoint (by held-out accuracy)."""
+
+    eval_drop: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="stop when a held-out evaluation falls this far below the best so far",
+    )
+    entropy_min: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="stop when the step metric `entropy` (nats per token) stays below this",
+    )
+    response_tokens_max: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_TOKENS,
+        description="stop when the mean response length (tokens) stays above this",
+    )
+    patience: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="consecutive steps the entropy or length guard must hold before it stops",
+    )
+
+
 class RunConfig(_Config):
     """Everything one training run needs; `opsd train` and `POST /v1/runs` take this."""
 
@@ -248,6 +286,13 @@ class RunConfig(_Config):
     optim: OptimConfig = OptimConfig()
     lora: LoraConfig | None = None
     eval: EvalConfig = EvalConfig()
+    guard: GuardConfig = GuardConfig()
+
+    @model_validator(mode="after")
+    def _adapters_need_lora(self) -> RunConfig:
+        if self.sampling.server_adapters and self.lora is None:
+            raise ValueError("sampling.server_adapters pushes a LoRA adapter: set `lora` too")
+        return self
 
     @property
     def algorithm(self) -> str:

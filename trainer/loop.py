@@ -5,7 +5,8 @@ walks the same steps as the service's orchestrator and trainer worker, with the 
 tasks, sampling seeds, milestones and checkpoints, and one policy that both samples and
 trains (the service's synchronous case, `max_off_policy_steps = 0`). It writes
 `metrics.jsonl` (one object per step), `summary.json` and checkpoints under `out_dir`,
-and resumes from the latest checkpoint there.
+and resumes from the latest checkpoint there. A guard (`cfg.guard`, trainer/guards.py)
+ends it early: the step it fires at is checkpointed and `summary.json` says why.
 """
 
 from __future__ import annotations
@@ -167,7 +168,13 @@ def make_sampler(
 
         weights = sampler_dir or Path(tempfile.gettempdir()) / "sampler-weights"
         model = sampling.server_model or cfg.model
-        return ServerSampler(sampling.server_url or "", model, tokenizer, weights)
+        return ServerSampler(
+            sampling.server_url or "",
+            model,
+            tokenizer,
+            weights,
+            adapters=sampling.server_adapters,
+        )
     return TransformersSampler(policy, tokenizer)
 
 
@@ -197,6 +204,8 @@ def train(
         else:
             metrics_path.write_text("")
         evaluations = _evaluations(metrics_path)
+        history = [r for r in _read_metrics(metrics_path) if r["step"] > 0]  # what guards read
+        stopped = None
         began = time.monotonic() - wall_before
         if start == 0:
             evaluations[0] = session.evaluate()
@@ -220,7 +229,10 @@ def train(
             if plan.is_milestone(step):
                 evaluations[step] = record["eval_accuracy"] = session.evaluate()
             _report(metrics_path, record, on_step)
-            if plan.is_milestone(step) or (checkpoint_every and step % checkpoint_every == 0):
+            history = [*history, record][-cfg.guard.patience :]
+            stopped = plan.guard(step, history, evaluations)
+            keep = plan.is_milestone(step) or stopped is not None
+            if keep or (checkpoint_every and step % checkpoint_every == 0):
                 state = {"batch_id": sampled.batch.id, "wall_seconds": time.monotonic() - began}
                 save_step(
                     plan,
@@ -230,9 +242,12 @@ def train(
                     tokenizer=session.tokenizer,
                     state=state,
                 )
+            if stopped is not None:
+                log.warning("%s: stopped after step %d: %s", out, step, stopped.reason)
+                break
 
         summary = {
-            **plan.summary(out, evaluations),
+            **plan.summary(out, evaluations, stopped),
             "wall_seconds": time.monotonic() - began,
             "config": cfg.model_dump(mode="json"),
         }

@@ -9,7 +9,7 @@ before, is a function of the configuration, its seed and the step (`RunPlan`):
   the two drivers sample the same;
 - the milestones (`is_milestone`, `milestones`): step 0, every `eval.every` steps and
   the last step; each is evaluated on held-out tasks and its checkpoint is kept;
-- the run's summary (`summary`).
+- when a guard stops it (`guard`, trainer/guards.py), and its summary (`summary`).
 
 The parts with effects take their collaborators as arguments: `open_policy` (the same
 initial weights everywhere), `sample_step` (a policy copy samples and scores a step),
@@ -37,6 +37,7 @@ from envs.base import Task
 from trainer.batch import Batch
 from trainer.checkpoint import checkpoint_path, checkpoint_steps, load_checkpoint, save_checkpoint
 from trainer.config import RunConfig
+from trainer.guards import Stop, best_evaluation, check
 from trainer.model import UNRESTRICTED, ModelAccess, load_policy, pick_device
 from trainer.rollout import Rollout, budget_warning, rollout_stats
 from trainer.sampler import sampling_seed
@@ -80,17 +81,45 @@ class RunPlan:
     def samples_seen(self, step: int) -> int:
         return step * self.cfg.prompts_per_step * self.cfg.samples_per_prompt
 
-    def summary(self, run_dir: str | Path, evaluations: Mapping[int, float]) -> dict[str, Any]:
-        """A completed run: its base and final held-out accuracy (`evaluations`: step ->
-        accuracy), how much it sampled and its last checkpoint."""
-        steps = self.cfg.steps
+    def guard(
+        self,
+        step: int,
+        recent: Sequence[Mapping[str, float]],
+        evaluations: Mapping[int, float],
+    ) -> Stop | None:
+        """Whether a guard (`cfg.guard`) stops the run after step `step`: `recent` are the
+        metrics of the steps up to it, oldest first, `evaluations` the milestones' held-out
+        accuracy so far (trainer/guards.py)."""
+        return check(self.cfg.guard, step, recent, evaluations)
+
+    def summary(
+        self,
+        run_dir: str | Path,
+        evaluations: Mapping[int, float],
+        stopped: Stop | None = None,
+    ) -> dict[str, Any]:
+        """A finished run: its base, final and best held-out accuracy (`evaluations`: step
+        -> accuracy), how much it sampled, its last and its best checkpoint, and, for a run a
+        guard stopped, at which step and why. The best checkpoint is None when the base
+        model (step 0) is the best."""
+        steps = stopped.step if stopped is not None else self.cfg.steps
+        best = best_evaluation(evaluations)
+        best_step = best[0] if best else None
         return {
             "base_eval_accuracy": evaluations.get(0),
             "final_eval_accuracy": evaluations[max(evaluations)] if evaluations else None,
+            "best_step": best_step,
+            "best_eval_accuracy": best[1] if best else None,
+            "best_checkpoint": str(checkpoint_path(run_dir, best_step)) if best_step else None,
             "samples_seen": self.samples_seen(steps),
             "steps": steps,
             "algorithm": self.cfg.algorithm,
             "checkpoint": str(checkpoint_path(run_dir, steps)) if steps else None,
+            "stopped": (
+                {"step": stopped.step, "guard": stopped.guard, "reason": stopped.reason}
+                if stopped is not None
+                else None
+            ),
         }
 
 

@@ -15,6 +15,7 @@ import torch
 
 from trainer.batch import Batch, Sample, build_sequences, response_tensors
 from trainer.config import OptimConfig, RunConfig
+from trainer.health import batch_health
 from trainer.losses import LossInputs, policy_loss
 from trainer.model import pick_dtype
 from trainer.prefix import shared_prefix_logits
@@ -111,6 +112,26 @@ class Learner:
         return StepResult(totals, log_ratios)
 
     def _loss(self, batch: Batch):
+        """The loss of `batch`, its metrics (the loss's and the run-health measures, both
+        from the same logits) and its per-token log-ratios."""
+        student_logits, teacher_logits, inputs = self._logits(batch)
+        loss, metrics, log_ratio = policy_loss(
+            student_logits, teacher_logits, inputs, self.cfg.loss
+        )
+        metrics.update(batch_health(student_logits, teacher_logits, inputs))
+        return loss, metrics, log_ratio
+
+    @torch.no_grad()
+    def measure(self, batch: Batch) -> dict[str, float]:
+        """The run-health measures of `batch` under the current weights (trainer/health.py),
+        without training: the policy in eval mode, no gradient, no optimiser step."""
+        self.policy.eval()
+        student_logits, teacher_logits, inputs = self._logits(batch)
+        return batch_health(student_logits, teacher_logits, inputs)
+
+    def _logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, LossInputs]:
+        """Student logits (with gradient, unless called under no_grad), teacher logits and
+        the loss inputs of `batch`, all cut to the response positions.  [B, T, V] x 2"""
         samples = batch.samples
         student = build_sequences(
             [s.prompt_ids for s in samples], [s.response_ids for s in samples], self.pad_id
@@ -138,7 +159,7 @@ class Learner:
                 position_ids=student.position_ids,
             ).logits
         student_logits = student.response_logits(logits)  # [B, T, V]
-        return policy_loss(student_logits, teacher_logits, inputs, self.cfg.loss)
+        return student_logits, teacher_logits, inputs
 
     @torch.no_grad()
     def _teacher_logits(self, batch: Batch, response_width: int) -> torch.Tensor:

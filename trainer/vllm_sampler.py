@@ -204,6 +204,12 @@ class ServerSampler:
     volume mounted at the same place), and asks the server to reload them from there
     (`/collective_rpc` `reload_weights`, then `/reset_prefix_cache`: the development
     endpoints `VLLM_SERVER_DEV_MODE` turns on).
+
+    With `adapters`, a LoRA policy's adapter alone goes to the server: each version is
+    saved under `weights_dir` and loaded in place under one name, `<model>-adapter`,
+    through vLLM's runtime endpoint (`/v1/load_lora_adapter`, on a server started with
+    `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`); requests then name the
+    adapter, and the prefix cache is reset as for full weights.
     """
 
     def __init__(
@@ -215,10 +221,13 @@ class ServerSampler:
         *,
         timeout_s: float = 600.0,
         concurrency: int = 64,
+        adapters: bool = False,
     ) -> None:
         import httpx
 
-        self.url, self.model = url.rstrip("/"), model
+        self.url, self.model, self.adapters = url.rstrip("/"), model, adapters
+        self.adapter = f"{model}-adapter"  # the server's name for the newest adapter
+        self._serving = model  # the name requests give: the base model, then the adapter
         self.eos_id = tokenizer.eos_token_id
         self.weights_dir = Path(weights_dir)
         self.sync_seconds: float | None = None
@@ -237,7 +246,9 @@ class ServerSampler:
             raise ServerUnavailable(
                 f"vLLM server {self.url}{path}: HTTP {response.status_code}: {response.text[:500]}"
             )
-        return response.json() if response.content else None
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return response.text or None  # the adapter endpoints answer in plain text
+        return response.json()
 
     def sample(
         self,
@@ -251,7 +262,7 @@ class ServerSampler:
         bodies = [
             {
                 **request_fields(params, n, greedy, generator, self.eos_id),
-                "model": self.model,
+                "model": self._serving,
                 "prompt": list(prompt),
                 "return_tokens_as_token_ids": True,
                 "skip_special_tokens": False,
@@ -267,12 +278,24 @@ class ServerSampler:
         return completion(tokens, logprobs["token_logprobs"], self.eos_id)
 
     def sync(self, policy: torch.nn.Module) -> None:
-        """Write the policy's weights where the server reads them, and have it reload."""
-        from safetensors.torch import save_file
-
+        """Write the policy's weights (or its adapter) where the server reads them, and
+        have it load them."""
         began = time.monotonic()
         folder = self.weights_dir / f"policy-{time.time_ns()}"
         folder.mkdir(parents=True)
+        if self.adapters:
+            self._load_adapter(policy, folder)
+        else:
+            self._reload_weights(policy, folder)
+        self._post("/reset_prefix_cache")
+        if self._weights is not None:
+            shutil.rmtree(self._weights, ignore_errors=True)
+        self._weights = folder
+        self.sync_seconds = time.monotonic() - began
+
+    def _reload_weights(self, policy: torch.nn.Module, folder: Path) -> None:
+        from safetensors.torch import save_file
+
         # one file, every tensor its own (tied weights too: the server loads each by name)
         save_file(
             {name: t.detach().cpu().contiguous().clone() for name, t in full_weights(policy)},
@@ -282,11 +305,19 @@ class ServerSampler:
             "/collective_rpc",
             {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}},
         )
-        self._post("/reset_prefix_cache")
-        if self._weights is not None:
-            shutil.rmtree(self._weights, ignore_errors=True)
-        self._weights = folder
-        self.sync_seconds = time.monotonic() - began
+
+    def _load_adapter(self, policy: torch.nn.Module, folder: Path) -> None:
+        """Each version from a folder of its own; the previous one goes once this loads."""
+        from peft import PeftModel
+
+        if not isinstance(policy, PeftModel):
+            raise TypeError("sampling.server_adapters pushes a peft model's adapter; this has none")
+        policy.save_pretrained(folder)
+        self._post(
+            "/v1/load_lora_adapter",
+            {"lora_name": self.adapter, "lora_path": str(folder), "load_inplace": True},
+        )
+        self._serving = self.adapter
 
     def close(self) -> None:
         self._requests.shutdown()

@@ -247,10 +247,18 @@ def runs_show(
     )
     grid.add_row("created", f"{when(run.get('created_at'))}, updated {when(run.get('updated_at'))}")
     if run.get("error"):
-        grid.add_row("error", f"[red]{escape(run['error'])}[/red]")
+        if run["status"] == "stopped":  # a guard's reason
+            grid.add_row("stopped", f"[yellow]{escape(run['error'])}[/yellow]")
+        else:
+            grid.add_row("error", f"[red]{escape(run['error'])}[/red]")
     grid.add_row("checkpoints", "-" if checkpoints else "none yet")
     for checkpoint in checkpoints:  # paths on the server's machine
-        grid.add_row(Text(f"  step {checkpoint['step']}"), Text(checkpoint["path"]))
+        mark = ""
+        if checkpoint.get("eval_accuracy") is not None:
+            mark = f"  eval {accuracy(checkpoint['eval_accuracy'])}"
+        if checkpoint.get("best"):
+            mark += "  best"
+        grid.add_row(Text(f"  step {checkpoint['step']}"), Text(checkpoint["path"] + mark))
     for name, points in sorted(series.items()):
         if points:
             step, value = points[-1]
@@ -265,6 +273,29 @@ def runs_watch(run_id: RunId, url: Url = DEFAULT_URL, token: Token = None) -> No
     with connect(url, token) as api:
         code = follow(api, run_id)
     raise typer.Exit(code)
+
+
+@runs_app.command("download")
+def runs_download(
+    run_id: RunId,
+    out: Annotated[Path, typer.Option(help="the tar file to write")],
+    step: Annotated[
+        int | None, typer.Option(help="the checkpoint's step (default: the best, else the last)")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Download a checkpoint of a run as a tar of its model directory (loadable with
+    `AutoModelForCausalLM.from_pretrained` once unpacked)."""
+    with connect(url, token) as api:
+        if step is None:
+            checkpoints = api.list_checkpoints(run_id)
+            if not checkpoints:
+                raise fail(f"run {run_id} has no checkpoint yet")
+            best = [c for c in checkpoints if c.get("best")]
+            step = (best or checkpoints)[-1]["step"]
+        api.download_checkpoint(run_id, step, out)
+    console.print(f"run {run_id}: checkpoint of step {step} -> {out}")
 
 
 def _transition(action: str, run_id: int, url: str, token: str | None) -> None:

@@ -111,7 +111,7 @@ def demo(
         typer.Option(help="run against this server instead of starting the embedded one"),
     ] = None,
     token: Token = None,
-    steps: Annotated[int, typer.Option(min=1, help="optimiser steps")] = 300,
+    steps: Annotated[int, typer.Option(min=1, help="optimiser steps")] = 150,
     algorithm: Annotated[str, typer.Option(help="sdpo or grpo")] = "sdpo",
     data_dir: Annotated[
         Path | None,

@@ -141,6 +141,87 @@ def train(
         f"eval accuracy {summary['base_eval_accuracy']:.3f} -> [bold]{summary['final_eval_accuracy']:.3f}[/bold] "
         f"with {summary['samples_seen']} samples in {summary['wall_seconds']:.0f}s; checkpoint {summary['checkpoint']}"
     )
+    if summary["stopped"] is not None:
+        console.print(f"[bold yellow]stopped[/bold yellow]: {summary['stopped']['reason']}")
+    if summary["best_checkpoint"] is not None:
+        console.print(
+            f"best: {summary['best_eval_accuracy']:.3f} at step {summary['best_step']}, "
+            f"checkpoint {summary['best_checkpoint']}"
+        )
+
+
+@app.command()
+def probe(
+    env: Annotated[str, typer.Option(help="environment name")] = "arithmetic",
+    model: Annotated[
+        str, typer.Option(help="`tiny`, `tiny-tools`, a model directory or a hub name")
+    ] = "tiny",
+    groups: Annotated[int, typer.Option(help="tasks sampled, one group each")] = 4,
+    n: Annotated[int | None, typer.Option("-n", help="responses per task (a group)")] = None,
+    config: Annotated[Path | None, typer.Option(help="RunConfig as JSON or TOML")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="any config field, e.g. --set sampling.max_new_tokens=64"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Measure, before any training, how far the teacher reading the environment's feedback
+    is from the student: a few groups sampled and scored, the teacher-student gap, the share
+    of samples with a teacher signal and the base reward (the routine behind
+    `POST /v1/environments/{name}/probe`)."""
+    from dataclasses import asdict
+
+    from envs.registry import InvalidEnvConfig, UnknownEnvironment
+    from trainer.model import ModelNotFound
+    from trainer.presets import merge, parse_assignment, preset
+    from trainer.probe import probe as run_probe
+
+    overrides: dict[str, Any] = load_config_file(config) if config else {}
+    overrides = merge(overrides, {"env": env, "model": model})
+    if n is not None:
+        overrides = merge(overrides, {"samples_per_prompt": n})
+    try:
+        for assignment in set_ or []:
+            overrides = merge(overrides, parse_assignment(assignment))
+        cfg = preset("sdpo", overrides)
+        check_inputs(cfg)
+    except (
+        ValueError,
+        ValidationError,
+        UnknownEnvironment,
+        InvalidEnvConfig,
+        ModelNotFound,
+    ) as exc:
+        raise fail(str(exc)) from exc
+    log_through_console("warning")
+    with console.status(f"probing {cfg.env} with {cfg.model}"):
+        try:
+            report = run_probe(cfg, groups, device=device)
+        except ValueError as exc:
+            raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+        return
+    gap = "-" if report.teacher_gap is None else f"{report.teacher_gap:.4f}"
+    entropy = "-" if report.entropy is None else f"{report.entropy:.3f}"
+    console.print(
+        f"[bold]{report.env}[/bold] with {report.model}, {report.groups} groups x "
+        f"{report.samples_per_prompt} samples:\n"
+        f"  teacher gap     [bold]{gap}[/bold] nats per token (KL of student to teacher)\n"
+        f"  teacher signal  {report.teacher_signal_frac:.0%} of samples\n"
+        f"  base reward     {report.reward_mean:.3f} ({report.ok_fraction:.0%} ok)\n"
+        f"  entropy         {entropy} nats per token\n"
+        f"  response        {report.response_tokens_mean:.1f} tokens, "
+        f"{report.truncated_frac:.0%} truncated"
+    )
+    if report.teacher_signal_frac == 0:
+        console.print(
+            "no sample got a teacher signal (no feedback, no successful sibling): "
+            "self-distillation has nothing to learn from here"
+        )
 
 
 def check_inputs(cfg: RunConfig) -> None:

@@ -187,7 +187,8 @@ def follow(api: Client, run_id: int, interrupted: str | None = None) -> int:
         f"eval {accuracy(evals.get('base'))} -> {accuracy(evals.get('latest'))}"
     )
     if run.get("error"):
-        console.print(f"[red]{escape(run['error'])}[/red]", soft_wrap=True)
+        color = "yellow" if run["status"] == "stopped" else "red"  # stopped: a guard's reason
+        console.print(f"[{color}]{escape(run['error'])}[/{color}]", soft_wrap=True)
     if run["status"] == "stopped":
         console.print(f"`opsd runs resume {run_id}` continues it")
     return EXIT_CODES[run["status"]]

@@ -14,6 +14,8 @@ from service.environments.schemas import (
     Environment,
     EnvironmentCreate,
     EnvironmentList,
+    ProbeRequest,
+    ProbeResult,
     TryItem,
     TryRequest,
     TryResult,
@@ -80,3 +82,23 @@ async def try_environment(name: EnvName, body: TryRequest, services: ServicesDep
         services.settings,
     )
     return TryResult(items=[TryItem.model_validate(t) for t in tried])
+
+
+@router.post(
+    "/{name}/probe",
+    response_model=ProbeResult,
+    responses=error_responses(400, 401, 404, 422),
+)
+async def probe_environment(
+    name: EnvName, body: ProbeRequest, services: ServicesDep
+) -> ProbeResult:
+    """Measure whether self-distillation has anything to teach here, before training: a
+    few groups sampled with the model and scored, their teacher contexts built, and the
+    teacher-student gap, the share of samples with a teacher signal and the base reward.
+
+    Nothing is stored and nothing is trained. Every call loads the model.
+    """
+    report = await to_thread.run_sync(
+        service.probe_named, services.repo, name, body, services.settings
+    )
+    return ProbeResult.model_validate(report)

@@ -76,3 +76,38 @@ class TryItem(BaseModel):
 
 class TryResult(BaseModel):
     items: list[TryItem]
+
+
+class ProbeRequest(BaseModel):
+    """Measure the teacher-student gap on a few groups, before any training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = MODEL_FIELD
+    groups: int = Field(4, ge=1, le=16, description="tasks sampled, one group each")
+    samples_per_prompt: int = Field(8, ge=1, le=16, description="responses per task")
+    max_new_tokens: int = Field(16, ge=1, le=512, description="tokens per response")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="which tasks and token draws")
+
+
+class ProbeResult(BaseModel):
+    """What the probe measured (docs/algorithm.md "Run health" defines each measure)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    env: str = Field(description="the environment kind")
+    model: str
+    groups: int
+    samples_per_prompt: int
+    teacher_gap: float | None = Field(
+        description="mean per-token KL(student || teacher) over the samples with a teacher "
+        "signal, in nats; null when none has one"
+    )
+    teacher_signal_frac: float = Field(
+        description="share of samples with a teacher signal (feedback or a successful sibling)"
+    )
+    reward_mean: float = Field(description="the base model's mean reward")
+    ok_fraction: float
+    entropy: float | None = Field(description="mean per-token entropy of the student, in nats")
+    response_tokens_mean: float
+    truncated_frac: float

@@ -1,9 +1,11 @@
-"""What /v1/environments does, without HTTP: list, describe, register and try environments.
+"""What /v1/environments does, without HTTP: list, describe, register, try and probe
+environments.
 
 An environment name is either a bare kind (every available implementation, with its
 default configuration) or a registered instance: a kind plus a stored configuration.
 `try_environment` is the one sample-and-score routine behind `POST
-/v1/environments/{name}/try` and `opsd envs try`. Model loading imports torch, so it is
+/v1/environments/{name}/try` and `opsd envs try`; `trainer.probe.probe` the one behind
+`POST /v1/environments/{name}/probe` and `opsd probe`. Model loading imports torch, so it is
 imported lazily: the HTTP edge starts fast.
 """
 
@@ -27,7 +29,12 @@ from envs.registry import (
     validate_config,
 )
 from service.environments.errors import ModelUnavailable
-from service.environments.schemas import Environment, EnvironmentCreate, TryRequest
+from service.environments.schemas import (
+    Environment,
+    EnvironmentCreate,
+    ProbeRequest,
+    TryRequest,
+)
 from service.settings import Settings
 from service.storage import AlreadyExists, NotFound, Repository
 from service.storage import models as orm
@@ -35,6 +42,8 @@ from trainer.model_names import UNRESTRICTED, ModelAccess, ModelNotFound, resolv
 
 if TYPE_CHECKING:
     import torch
+
+    from trainer.probe import ProbeReport
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +303,38 @@ def try_named(
         samples_per_prompt=request.samples_per_prompt,
         max_new_tokens=request.max_new_tokens,
         split=request.split,
+    )
+
+
+def probe_named(
+    repo: Repository, name: str, request: ProbeRequest, settings: Settings
+) -> ProbeReport:
+    """`trainer.probe.probe` on a registered instance or kind (blocking): the sdpo preset
+    with the request's model, group shape, token budget and seed; the model as clients may
+    name them, the service's sandbox and environment data."""
+    from trainer.presets import preset
+    from trainer.probe import probe
+
+    described = get_environment(repo, name)
+    check_model(request.model, settings.model_access())
+    cfg = preset(
+        "sdpo",
+        {
+            "env": described.kind,
+            "env_config": described.config,
+            "model": request.model,
+            "seed": request.seed,
+            "samples_per_prompt": request.samples_per_prompt,
+            "sampling": {"max_new_tokens": request.max_new_tokens},
+        },
+    )
+    return probe(
+        cfg,
+        request.groups,
+        device=settings.device,
+        sandbox=settings.sandbox,
+        data_dir=settings.env_data_dir,
+        model_access=settings.model_access(),
     )
 
 

@@ -6,8 +6,9 @@ keeps the batch and its rollouts in the record, then publishes it on the run's s
 It never samples with a policy more than `max_off_policy_steps` versions behind the
 trainer: before sampling step s it waits until s - 1 - max_off_policy_steps steps are
 trained, then loads the newest checkpoint. It evaluates the policy at every milestone
-(step 0, every `eval.every`, the last) from that milestone's checkpoint, and marks
-the run completed once every step is trained and evaluated.
+(step 0, every `eval.every`, the last) from that milestone's checkpoint, asks the run's
+guards (`RunPlan.guard`) after every trained step and stops the run when one fires, and
+marks the run completed once every step is trained and evaluated.
 
 Runs are picked up from the record (`queued` and `running`), so a restarted API process
 carries on where the previous one stopped: the next step is the one after the last
@@ -38,9 +39,10 @@ from service.pipeline.runtime import (
     republish_untrained,
 )
 from service.settings import Settings
-from service.storage import Lease, LeaseLost, Repository, RunStatus
+from service.storage import Conflict, Lease, LeaseLost, Repository, RunStatus
 from trainer.checkpoint import checkpoint_path, checkpoint_step, latest_checkpoint
 from trainer.config import RunConfig
+from trainer.guards import Stop
 from trainer.loop import RunPolicy
 from trainer.run import PolicyCopy, RunPlan, sample_step
 
@@ -176,7 +178,8 @@ class RunDriver:
         self.run_dir = self.settings.run_dir(run_id)
         self.policy: PolicyCopy | None = None
         self.version = 0  # the policy version loaded for sampling
-        self.evaluated: set[int] | None = None  # steps with an evaluation in the record
+        self.evaluated: dict[int, float] | None = None  # step -> accuracy, as recorded
+        self.guarded: int | None = None  # the last step the guards were asked about
         self.began = time.monotonic()
 
     async def drive(self) -> None:
@@ -209,6 +212,9 @@ class RunDriver:
                 await self._left(run.status)
                 return
             await self._evaluate_milestones(plan, run.steps_done)
+            if (stop := await self._guard(plan, run.steps_done)) is not None:
+                await self._stop(plan, stop)
+                return
             if run.steps_done >= cfg.steps:
                 await self._complete(plan)
                 return
@@ -282,7 +288,7 @@ class RunDriver:
     async def _evaluate_milestones(self, plan: RunPlan, steps_done: int) -> None:
         if self.evaluated is None:
             evaluations = await asyncio.to_thread(self.repo.evaluations, self.run_id)
-            self.evaluated = {step for step, _ in evaluations}
+            self.evaluated = dict(evaluations)
         done = self.evaluated
         for step in [s for s in plan.milestones(steps_done) if s not in done]:
             if step == 0 and self.version != 0:
@@ -294,10 +300,48 @@ class RunDriver:
             await asyncio.to_thread(
                 self.repo.add_evaluation, self.run_id, step, accuracy, self.lease
             )
-            done.add(step)
+            done[step] = accuracy
             await emit(
                 self.repo, self.bus, self.run_id, "eval", {"step": step, "accuracy": accuracy}
             )
+
+    async def _guard(self, plan: RunPlan, steps_done: int) -> Stop | None:
+        """Ask the guards about every step trained since they were last asked, in order
+        (the first that fires wins). A driver starts with the steps already trained: a run
+        resumed after a guard stopped it goes on past that step."""
+        if self.guarded is None:
+            self.guarded = steps_done
+        if steps_done <= self.guarded:
+            return None
+        patience = plan.cfg.guard.patience
+        first = max(1, self.guarded + 1 - patience)
+        rows = await asyncio.to_thread(self.repo.step_metrics, self.run_id, first, steps_done)
+        metrics = dict(rows)
+        for step in range(self.guarded + 1, steps_done + 1):
+            recent = [metrics[s] for s in range(max(1, step - patience + 1), step + 1)]
+            self.guarded = step
+            if (stop := plan.guard(step, recent, self.evaluated or {})) is not None:
+                return stop
+        return None
+
+    async def _stop(self, plan: RunPlan, stop: Stop) -> None:
+        """A guard fired: the run ends `stopped` (it can be resumed) with the reason as its
+        error and in a `stopped` event, which also names its best checkpoint."""
+        log.warning("run %d: stopped after step %d: %s", self.run_id, stop.step, stop.reason)
+        try:
+            await asyncio.to_thread(
+                self.repo.transition,
+                self.run_id,
+                [RunStatus.running],
+                RunStatus.stopped,
+                stop.reason,
+            )
+        except Conflict:  # stopped or cancelled through the API meanwhile
+            return
+        evaluations = {s: a for s, a in (self.evaluated or {}).items() if s <= stop.step}
+        summary = plan.summary(self.run_dir, evaluations, stop)
+        payload = {"status": RunStatus.stopped.value, "guard": stop.guard, "reason": stop.reason}
+        await emit(self.repo, self.bus, self.run_id, "stopped", {**payload, **summary})
 
     async def _complete(self, plan: RunPlan) -> None:
         evaluations = await asyncio.to_thread(self.repo.evaluations, self.run_id)

@@ -13,14 +13,14 @@ from typing import Annotated
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from service.api.deps import BusDep, ReadsDep, RepoDep, Services, ServicesDep, SettingsDep
 from service.api.errors import error_responses
 from service.pipeline.runtime import emit
-from service.runs import service
+from service.runs import archive, service
 from service.runs.cache import ReadCache
 from service.runs.events import follow_run
 from service.runs.schemas import (
@@ -222,6 +222,32 @@ def get_trajectory(
 def list_checkpoints(run_id: RunId, repo: RepoDep, reads: ReadsDep) -> Response:
     key = ("checkpoints", run_id)
     return cached(reads, repo, run_id, key, lambda: service.checkpoints(repo, run_id))
+
+
+@router.get(
+    "/{run_id}/checkpoints/{step}/archive",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/x-tar": {}}, "description": "the checkpoint as a tar"},
+        **READ_ERRORS,
+    },
+)
+def download_checkpoint(
+    run_id: RunId,
+    step: Annotated[int, Path(ge=0, le=MAX_INT32, description="a checkpoint's step")],
+    repo: RepoDep,
+) -> StreamingResponse:
+    """Download a checkpoint: a tar of its model directory (config, weights, tokenizer and,
+    for LoRA, the adapter; `AutoModelForCausalLM.from_pretrained` loads it), without the
+    optimiser state. `GET /v1/runs/{run_id}/checkpoints` names the steps and marks the best."""
+    directory = service.checkpoint_directory(repo, run_id, step)
+    files = archive.archived_files(directory)
+    name = f"run-{run_id}-{directory.name}.tar"
+    return StreamingResponse(
+        archive.tar_stream(directory, files),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @router.get("/{run_id}/feedback", response_model=FeedbackList, responses=READ_ERRORS)

@@ -74,7 +74,7 @@ class RunSummary(BaseModel):
     steps: int = Field(description="optimiser steps the run is configured for")
     steps_done: int
     policy_version: int
-    error: str | None = Field(description="why a failed run failed")
+    error: str | None = Field(description="why a failed run failed, or why a guard stopped it")
     created_at: datetime
     updated_at: datetime
     eval: EvalSummary
@@ -144,6 +144,10 @@ class Checkpoint(BaseModel):
     step: int
     path: str
     created_at: datetime
+    eval_accuracy: float | None = Field(None, description="held-out accuracy at this step")
+    best: bool = Field(
+        False, description="the run's best checkpoint: the highest held-out accuracy so far"
+    )
 
 
 class CheckpointList(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from service.storage import InvalidCursor, NotFound, Repository, RunStatus
 from service.storage import models as orm
 from service.storage.repository import decode_cursor
 from trainer.config import RunConfig
+from trainer.guards import best_evaluation
 from trainer.presets import PRESETS, merge, preset
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,30 @@ def get_trajectory(repo: Repository, run_id: int, trajectory_id: int) -> schemas
 
 
 def checkpoints(repo: Repository, run_id: int) -> schemas.CheckpointList:
+    """The run's milestone checkpoints with their held-out accuracy; the best one (the
+    highest accuracy, the earliest on a tie; trainer.guards.best_evaluation) is marked.
+    None is marked when the base model (step 0, which has no checkpoint) scored best."""
     repo.get_run(run_id)
-    items = [schemas.Checkpoint.model_validate(row) for row in repo.list_checkpoints(run_id)]
+    evaluations = dict(repo.evaluations(run_id))
+    best = best_evaluation(evaluations)
+    items = [
+        schemas.Checkpoint(
+            step=row.step,
+            path=row.path,
+            created_at=row.created_at,
+            eval_accuracy=evaluations.get(row.step),
+            best=best is not None and row.step == best[0],
+        )
+        for row in repo.list_checkpoints(run_id)
+    ]
     return schemas.CheckpointList(items=items)
+
+
+def checkpoint_directory(repo: Repository, run_id: int, step: int) -> Path:
+    """The directory of the run's recorded checkpoint at `step`; NotFound when the run has
+    none there."""
+    repo.get_run(run_id)
+    for row in repo.list_checkpoints(run_id):
+        if row.step == step:
+            return Path(row.path)
+    raise NotFound(f"run {run_id} has no checkpoint at step {step}")

@@ -472,6 +472,17 @@ class Repository:
         with self.sessions() as s:
             return [(step, at) for step, at in s.execute(query.order_by(Step.step))]
 
+    def step_metrics(self, run_id: int, first: int, last: int) -> list[tuple[int, dict[str, Any]]]:
+        """`[(step, metrics), ...]` of the recorded steps `first`..`last`, in step order
+        (what the run's guards read; non-finite values are null)."""
+        query = (
+            select(Step.step, Step.metrics)
+            .where(Step.run_id == run_id, Step.step >= first, Step.step <= last)
+            .order_by(Step.step)
+        )
+        with self.sessions() as s:
+            return [(step, metrics) for step, metrics in s.execute(query)]
+
     def steps_done(self, run_id: int) -> int:
         with self.sessions() as s:
             return s.scalar(select(func.count()).where(Step.run_id == run_id)) or 0

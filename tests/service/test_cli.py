@@ -62,6 +62,17 @@ def test_train_runs_the_configured_steps_and_writes_summary(model_dir, tmp_path)
     assert "eval accuracy" in text(result)
 
 
+def test_train_says_when_a_guard_stopped_it_and_why(model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--model", str(model_dir), "--steps", "3"]
+    guard = ["--set", "guard.entropy_min=100", "--set", "guard.patience=1"]
+    result = runner.invoke(app, args + FAST + ["--set", "eval.size=8"] + guard)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["stopped"]["step"] == 1
+    assert "stopped: entropy stayed below 100.0 for 1 step " in text(result)
+
+
 def test_train_with_grpo_and_lr_flags_uses_the_grpo_preset(model_dir, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--model", str(model_dir), "--steps", "1"]

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -180,6 +181,8 @@ def test_runs_show_lists_the_checkpoints_of_the_run(server):
     paths = [server.settings.run_dir(run_id) / f"step-00000{step}" for step in (1, 2)]
     for step, path in enumerate(paths, start=1):
         repo.add_checkpoint(run_id, step, str(path))
+    repo.add_evaluation(run_id, 1, 0.5)
+    repo.add_evaluation(run_id, 2, 0.25)
 
     shown = opsd("runs", "show", str(run_id), url=server.url)
     fresh = opsd("runs", "show", str(create_run(server)), url=server.url)
@@ -187,8 +190,59 @@ def test_runs_show_lists_the_checkpoints_of_the_run(server):
     assert shown.exit_code == 0, shown.output
     lines = [" ".join(line.split()) for line in shown.output.splitlines()]
     assert "checkpoints -" in lines
-    assert f"step 1 {paths[0]}" in lines and f"step 2 {paths[1]}" in lines
+    assert f"step 1 {paths[0]} eval 0.500 best step 2 {paths[1]} eval 0.250 " in text(shown)
     assert "checkpoints none yet" in text(fresh)
+
+
+def test_runs_show_gives_the_reason_a_guard_stopped_the_run(server):
+    run_id = create_run(server)
+    set_status(server.repo(), run_id, RunStatus.stopped, "entropy stayed below 0.1")
+
+    shown = opsd("runs", "show", str(run_id), url=server.url)
+
+    assert shown.exit_code == 0, shown.output
+    assert "stopped entropy stayed below 0.1" in text(shown)
+
+
+def test_runs_download_writes_the_best_checkpoint_or_the_step_asked_for(server, tmp_path):
+    run_id = create_run(server)
+    repo = server.repo()
+    for step, accuracy_at in ((2, 0.6), (4, 0.2)):
+        directory = server.settings.run_dir(run_id) / f"step-00000{step}"
+        directory.mkdir(parents=True)
+        (directory / "config.json").write_text(f'{{"step": {step}}}')
+        repo.add_checkpoint(run_id, step, str(directory))
+        repo.add_evaluation(run_id, step, accuracy_at)
+
+    best = opsd("runs", "download", str(run_id), "--out", str(tmp_path / "b.tar"), url=server.url)
+    asked = opsd(
+        "runs",
+        "download",
+        str(run_id),
+        "--step",
+        "4",
+        "--out",
+        str(tmp_path / "4.tar"),
+        url=server.url,
+    )
+    missing = opsd(
+        "runs",
+        "download",
+        str(run_id),
+        "--step",
+        "3",
+        "--out",
+        str(tmp_path / "3.tar"),
+        url=server.url,
+    )
+
+    assert best.exit_code == 0 and "checkpoint of step 2" in text(best), best.output
+    assert asked.exit_code == 0, asked.output
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        assert tar.extractfile("step-000002/config.json").read() == b'{"step": 2}'
+    with tarfile.open(tmp_path / "4.tar") as tar:
+        assert tar.getnames() == ["step-000004/config.json"]
+    assert_clean_failure(missing, "no checkpoint at step 3")
 
 
 def test_runs_create_takes_nested_overrides_from_a_config_file(server, tmp_path):

@@ -9,10 +9,12 @@ Postgres and Redis, with the API process training too (`embedded_worker=True`).
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from service.client import Client
 from service.settings import Settings
@@ -57,9 +59,16 @@ def all_pages(api: Client, run_id: int, limit: int, **filters) -> list[dict]:
             return items
 
 
-def test_a_run_registered_started_and_followed_over_http_reports_everything_it_did(api):
+def test_a_run_registered_started_and_followed_over_http_reports_everything_it_did(api, tmp_path):
     env = api.register_environment("arith-small", "arithmetic", {"high": 29})
     assert (env["name"], env["kind"], env["registered"]) == ("arith-small", "arithmetic", True)
+    probed = api.probe_environment("arith-small", groups=2, samples_per_prompt=SAMPLES)
+    assert (probed["env"], probed["groups"], probed["samples_per_prompt"]) == (
+        "arithmetic",
+        2,
+        SAMPLES,
+    )
+    assert probed["teacher_gap"] > 0 and 0 < probed["teacher_signal_frac"] <= 1
     run = api.create_run(
         "arith-small",
         model="tiny",
@@ -101,6 +110,7 @@ def test_a_run_registered_started_and_followed_over_http_reports_everything_it_d
     assert [step for step, _ in series["eval_accuracy"]] == [0, 3, 6]
     assert series["eval_accuracy"][0][1] == done["eval"]["base"]
     assert {"reward_mean", "samples_seen", "grad_norm"} <= series.keys()
+    assert {"teacher_gap", "entropy", "teacher_signal_frac", "truncated_frac"} <= series.keys()
 
     # -- trajectories, paged with cursors and filtered ------------------------------------
     trajectories = all_pages(api, run_id, limit=5)
@@ -136,6 +146,14 @@ def test_a_run_registered_started_and_followed_over_http_reports_everything_it_d
     for checkpoint in checkpoints:
         assert (Path(checkpoint["path"]) / "model.safetensors").is_file()
         assert (Path(checkpoint["path"]) / "config.json").is_file()
+    evaluated = dict(series["eval_accuracy"])
+    best_step = max(evaluated, key=lambda s: (evaluated[s], -s))
+    assert [c["best"] for c in checkpoints] == [c["step"] == best_step for c in checkpoints]
+    # a checkpoint downloads as a tar that unpacks into a loadable model
+    tar_path = api.download_checkpoint(run_id, checkpoints[-1]["step"], tmp_path / "last.tar")
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(tmp_path / "download", filter="data")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "download" / "step-000006")
 
     # -- health ---------------------------------------------------------------------------
     ready = api.ready()

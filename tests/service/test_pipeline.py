@@ -7,22 +7,27 @@ database and real Redis streams. Every count is checked in the record.
 import asyncio
 import logging
 import os
+import tarfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from service.bus import Bus, make_bus
 from service.bus.codec import decode_batch, encode_batch
 from service.pipeline.orchestrator import Orchestrator
 from service.pipeline.runtime import TRAINERS, batch_id_for
 from service.pipeline.worker import TrainerWorker
+from service.runs import archive
+from service.runs import service as runs
 from service.settings import Settings
 from service.storage import Repository, RunStatus, make_engine, make_sessionmaker
 from service.storage.migrate import upgrade
 from trainer.config import RunConfig
-from trainer.loop import RunPolicy
+from trainer.guards import best_evaluation
+from trainer.loop import RunPolicy, train
 from trainer.presets import preset
 from trainer.worker import RunTrainer
 
@@ -371,3 +376,72 @@ async def test_a_run_sampled_by_vllm_gets_every_new_policy_before_it_samples(sta
     assert_trained_exactly_once(stack.repo, run_id, STEPS)
     gaps = [s.metrics["sampler_logprob_gap_max"] for s in recorded_steps(stack.repo, run_id)]
     assert len(gaps) == STEPS and max(gaps) < 1e-4, gaps
+
+
+# --- guards (trainer/guards.py): a guard stops a service run as it stops `opsd train` ---
+
+
+def guarded_config():
+    """Entropy is never below 100 nats: the guard fires once its patience (2 steps) is up."""
+    return preset(
+        "sdpo",
+        {
+            "steps": 6,
+            "prompts_per_step": PROMPTS,
+            "samples_per_prompt": SAMPLES,
+            "eval": {"every": 2, "size": 16},
+            "guard": {"entropy_min": 100.0, "patience": 2},
+        },
+    )
+
+
+async def test_a_guard_stops_a_service_run_at_the_step_opsd_train_stops(stack, tmp_path):
+    cfg = guarded_config()
+    repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    run = repo.create_run(env.id, cfg)
+    orchestrator = Orchestrator(repo, stack.bus, stack.settings)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
+    await orchestrator.start()
+    await worker.start()
+    try:
+        await until(
+            lambda: (
+                repo.get_run(run.id).status != RunStatus.running
+                and any(e.kind == "stopped" for e in repo.events_after(run.id))
+            )
+        )
+    finally:
+        await worker.aclose()
+        await orchestrator.aclose()
+
+    stopped = repo.get_run(run.id)
+    assert stopped.status == RunStatus.stopped
+    assert "entropy stayed below 100.0 for 2 steps" in stopped.error
+    assert [s.step for s in recorded_steps(repo, run.id)] == [1, 2]
+    assert repo.untrained_batches(run.id) == []  # step 3 was never sampled
+    event = [e for e in repo.events_after(run.id) if e.kind == "stopped"][-1]
+    assert event.payload["guard"] == "entropy_min" and event.payload["reason"] == stopped.error
+    assert event.payload["stopped"]["step"] == 2
+
+    evaluations = dict(repo.evaluations(run.id))
+    assert sorted(evaluations) == [0, 2]
+    best_step, best_accuracy = best_evaluation(evaluations)
+    assert (event.payload["best_step"], event.payload["best_eval_accuracy"]) == (
+        best_step,
+        best_accuracy,
+    )
+    listed = runs.checkpoints(repo, run.id).items
+    assert [(c.step, c.eval_accuracy) for c in listed] == [(2, evaluations[2])]
+    assert [c.best for c in listed] == [best_step == 2]
+
+    # the milestone's download (GET .../checkpoints/2/archive) is a loadable model
+    directory = runs.checkpoint_directory(repo, run.id, 2)
+    tar_path = tmp_path / "step-2.tar"
+    tar_path.write_bytes(b"".join(archive.tar_stream(directory, archive.archived_files(directory))))
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(tmp_path / "download", filter="data")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "download" / directory.name)
+
+    offline = await asyncio.to_thread(train, cfg, tmp_path / "offline", device="cpu")
+    assert offline["stopped"] == event.payload["stopped"]

@@ -3,7 +3,7 @@ its pipeline process sampling and training, the SQLite record, the in-process bu
 real tiny model and the real arithmetic environment, on CPU.
 
 The bar is the offline one (tests/trainer/test_learning.py): held-out greedy accuracy
-rises by at least 20 points in 150 steps. Only milestones 0 and 150 are evaluated, on
+rises by at least 50 points in 100 steps. Only milestones 0 and 100 are evaluated, on
 the 256 held-out problems, as offline.
 """
 
@@ -15,11 +15,11 @@ from service.settings import Settings
 
 from .live import live_server
 
-STEPS = 150
+STEPS = 100
 
 
 @pytest.mark.slow
-def test_self_distillation_through_the_service_raises_held_out_accuracy_by_20_points(
+def test_self_distillation_through_the_service_raises_held_out_accuracy_by_50_points(
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the pipeline process: the tiny model's fastest
@@ -38,4 +38,4 @@ def test_self_distillation_through_the_service_raises_held_out_accuracy_by_20_po
     assert [step for step, _ in series["loss"]] == list(range(1, STEPS + 1))
     (_, base), (last, final) = series["eval_accuracy"]
     assert last == STEPS
-    assert final >= base + 0.20, series["eval_accuracy"]
+    assert final >= base + 0.50, series["eval_accuracy"]

@@ -249,8 +249,10 @@ def test_learner_step_changes_the_trainable_parameters_and_returns_finite_metric
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) == len(before)  # weight decay is off: every change is a gradient step
     assert model.training  # the learner trains in train mode
-    expected = {"loss", "lr", "grad_norm", "teacher_signal_frac"}
-    expected |= {"distill_loss", "log_ratio_mean"} if algorithm == "sdpo" else {"grpo_loss"}
+    expected = {"loss", "lr", "grad_norm", "teacher_signal_frac", "entropy"}
+    expected |= (
+        {"distill_loss", "log_ratio_mean", "teacher_gap"} if algorithm == "sdpo" else {"grpo_loss"}
+    )
     assert expected <= result.metrics.keys()
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert result.metrics["grad_norm"] > 0
@@ -258,6 +260,28 @@ def test_learner_step_changes_the_trainable_parameters_and_returns_finite_metric
     assert [len(r) for r in result.log_ratios] == [len(s.response_ids) for s in batch.samples]
     assert learner.steps_done == 1
     assert all(p.grad is None for p in model.parameters())  # gradients cleared for the next step
+
+
+def test_step_health_is_measured_before_the_update_and_measure_does_not_train():
+    """The step's `teacher_gap` and `entropy` are those of the weights it starts from:
+    `Learner.measure` on the same batch before the step gives the same numbers (the model
+    has no dropout, so train and eval mode agree) and changes nothing."""
+    model = tiny_llama()
+    learner = Learner(model, PAD, run_config("sdpo", lr=0.5))
+    batch = make_batch(model, [1.0, 0.0, 0.0, 1.0], 2, [3, 2, 4, 3], [2, 3, 1, 4])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    measured = learner.measure(batch)
+
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert learner.steps_done == 0
+    assert measured["teacher_gap"] > 0 and measured["entropy"] > 0
+    metrics = learner.step(batch).metrics
+    assert metrics["teacher_gap"] == pytest.approx(measured["teacher_gap"], rel=1e-5)
+    assert metrics["entropy"] == pytest.approx(measured["entropy"], rel=1e-5)
+    assert learner.measure(batch)["teacher_gap"] != pytest.approx(measured["teacher_gap"])
+    # the sdpo preset's loss is this very measure: reverse KL, full logits, token mean
+    assert metrics["distill_loss"] == pytest.approx(metrics["teacher_gap"], rel=1e-5)
 
 
 def gradients_of_one_step(model, cfg, batch) -> tuple[list[torch.Tensor], dict[str, float]]:

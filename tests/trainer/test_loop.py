@@ -147,3 +147,43 @@ def test_a_missing_model_directory_fails_at_once_with_a_clear_error(tmp_path):
         resolve_model(str(tmp_path / "nothing-here"))
     with pytest.raises(ModelNotFound, match="config.json missing"):
         resolve_model(str(tmp_path))  # a directory, but not a model
+
+
+def test_every_trained_step_records_the_run_health_metrics(model_dir, tmp_path):
+    train(config(model_dir, steps=2), tmp_path, device="cpu")
+    for r in read_metrics(tmp_path)[1:]:
+        assert {"teacher_gap", "entropy", "teacher_signal_frac", "truncated_frac"} <= r.keys()
+        assert r["entropy"] > 0 and r["teacher_gap"] >= 0
+
+
+def test_a_guard_on_held_out_accuracy_ends_the_run_early_and_names_its_best_checkpoint(
+    model_dir, tmp_path, monkeypatch
+):
+    # Scripted evaluation: accuracy rises to step 2, then falls 0.3 by step 4.
+    scripted = {0: 0.3, 2: 0.6, 4: 0.3, 6: 0.9}
+    monkeypatch.setattr(RunPolicy, "evaluate", lambda self: scripted[self.learner.steps_done])
+    cfg = config(model_dir, steps=6, guard={"eval_drop": 0.2})
+    summary = train(cfg, tmp_path, device="cpu")
+
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4]
+    assert summary["stopped"]["step"] == 4
+    assert summary["stopped"]["guard"] == "eval_drop"
+    assert "0.300 below its best, 0.600 at step 2" in summary["stopped"]["reason"]
+    assert (summary["steps"], summary["samples_seen"]) == (4, 4 * SAMPLES_PER_STEP)
+    assert (summary["best_step"], summary["best_eval_accuracy"]) == (2, 0.6)
+    assert summary["best_checkpoint"] == str(checkpoint_path(tmp_path, 2))
+    assert (checkpoint_path(tmp_path, 2) / "config.json").is_file()
+    assert summary["checkpoint"] == str(checkpoint_path(tmp_path, 4))
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_an_entropy_guard_stops_after_its_patience_and_a_completed_run_has_no_stop(
+    model_dir, tmp_path
+):
+    cfg = config(model_dir, steps=4, guard={"entropy_min": 100.0, "patience": 2})
+    summary = train(cfg, tmp_path / "guarded", device="cpu")
+    assert summary["stopped"]["step"] == 2 and summary["stopped"]["guard"] == "entropy_min"
+    assert checkpoint_path(tmp_path / "guarded", 2).is_dir()
+
+    summary = train(config(model_dir, steps=2), tmp_path / "free", device="cpu")
+    assert summary["stopped"] is None and summary["steps"] == 2

@@ -231,8 +231,9 @@ def server(tmp_path_factory) -> Iterator[str]:
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "128",
         "--kv-cache-memory-bytes", str(64 << 20), "--logprobs-mode", "processed_logprobs",
+        "--enable-lora", "--max-lora-rank", "8", "--max-loras", "1",
     ]  # fmt: skip
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -298,6 +299,50 @@ def test_a_run_on_a_server_pushes_it_every_new_policy(tmp_path, server):
             "eval": {"size": 8},
             "sampling": sampling,
         },
+    )
+    gaps = gaps_of(trained_steps(cfg, tmp_path)[1])
+    assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
+
+
+def test_a_lora_adapter_reaches_the_server_under_one_name(tiny, on_server, server, tmp_path):
+    """`adapters`: each adapter version is loaded in place as `tiny-adapter` through the runtime
+    endpoint, and the server's samples are the adapted policy's, version after version."""
+    original, tokenizer = tiny
+    on_server.sync(original)  # the base the adapter applies to, whatever ran before
+    lora = RunConfig.model_validate({"model": "tiny", "lora": {"r": 4}}).lora
+    adapted, _ = load_policy("tiny", lora=lora)
+    sampler = ServerSampler(server, "tiny", tokenizer, tmp_path, adapters=True)
+    try:
+        generator = torch.Generator().manual_seed(4)
+        for _ in range(2):
+            with torch.no_grad():
+                for name, parameter in adapted.named_parameters():
+                    if "lora_" in name:
+                        parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+            sampler.sync(adapted.eval())
+            assert_agrees(adapted, sampler, tokenizer, 1.0)
+            (folder,) = tmp_path.iterdir()  # the adapter it samples with, alone
+            assert (folder / "adapter_model.safetensors").exists()
+        served = {m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]}
+        assert served == {"tiny", "tiny-adapter"}
+    finally:
+        sampler.close()
+
+
+def test_a_lora_run_on_a_server_pushes_adapters_and_stays_on_policy(
+    tiny, on_server, server, tmp_path
+):
+    on_server.sync(tiny[0])  # the base the adapter applies to, whatever ran before
+    sampling = {
+        "backend": "server",
+        "server_url": server,
+        "server_model": "tiny",
+        "server_adapters": True,
+    }
+    cfg = preset(
+        "sdpo",
+        {"env": "arithmetic", "model": "tiny", "steps": 3, "lora": {"r": 4}, "sampling": sampling}
+        | {"eval": {"size": 8}, "optim": {"lr": 1e-2, "warmup_steps": 0}},  # steps that show
     )
     gaps = gaps_of(trained_steps(cfg, tmp_path)[1])
     assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps

@@ -1,6 +1,8 @@
-"""/v1/environments: kinds and registered instances, registration rules, and `try`."""
+"""/v1/environments: kinds and registered instances, registration rules, `try` and `probe`."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -191,3 +193,43 @@ def test_try_bounds_are_enforced(sqlite_client):
     response = sqlite_client.post("/v1/environments/arithmetic/try", json={"tasks": 17})
     assert response.status_code == 422
     assert error_of(response)["details"][0]["loc"] == ["body", "tasks"]
+
+
+# `probe` measures the teacher-student gap with the real tiny model (trainer/probe.py).
+
+
+def test_opsd_probe_and_the_probe_endpoint_measure_the_same_gap(sqlite_client):
+    """One routine, the same seed: the command and the endpoint report the same numbers."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    assert sqlite_client.post("/v1/environments", json=NEW_ENV).status_code == 201
+    body = {"model": "tiny", "groups": 2, "samples_per_prompt": 4, "max_new_tokens": 8}
+    response = sqlite_client.post("/v1/environments/arith-small/probe", json=body)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert (report["env"], report["groups"], report["samples_per_prompt"]) == ("arithmetic", 2, 4)
+    assert report["teacher_gap"] > 0 and 0 < report["teacher_signal_frac"] <= 1
+    assert 0 <= report["reward_mean"] <= 1
+
+    args = ["probe", "--env", "arithmetic", "--groups", "2", "-n", "4", "--json"]
+    args += ["--set", "sampling.max_new_tokens=8", "--device", "cpu"]
+    args += ["--set", f"env_config={json.dumps(NEW_ENV['config'])}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{") :]) == pytest.approx(report)
+
+
+def test_probe_on_an_unknown_environment_is_404_and_a_missing_model_422(sqlite_client, tmp_path):
+    assert sqlite_client.post("/v1/environments/nope/probe", json={}).status_code == 404
+    body = {"model": str(tmp_path / "no-model")}
+    response = sqlite_client.post("/v1/environments/arithmetic/probe", json=body)
+    assert response.status_code == 422
+    assert error_of(response)["code"] == "model_not_found"
+
+
+def test_probe_bounds_are_enforced(sqlite_client):
+    response = sqlite_client.post("/v1/environments/arithmetic/probe", json={"groups": 17})
+    assert response.status_code == 422
+    assert error_of(response)["details"][0]["loc"] == ["body", "groups"]

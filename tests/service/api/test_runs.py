@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -293,6 +295,67 @@ def test_checkpoints_are_listed_by_step(client, repo):
     assert all(c["created_at"] for c in items)
 
 
+def test_the_checkpoint_list_marks_the_best_by_held_out_accuracy_the_earliest_on_a_tie(
+    client, repo
+):
+    run = make_run(repo)
+    for step, accuracy in ((0, 0.3), (2, 0.7), (4, 0.7), (6, 0.2)):
+        repo.add_evaluation(run.id, step, accuracy)
+        if step:
+            repo.add_checkpoint(run.id, step, f"/data/runs/1/step-{step}")
+    items = client.get(f"/v1/runs/{run.id}/checkpoints").json()["items"]
+    assert [(c["step"], c["eval_accuracy"], c["best"]) for c in items] == [
+        (2, 0.7, True),
+        (4, 0.7, False),
+        (6, 0.2, False),
+    ]
+
+
+def test_no_checkpoint_is_marked_best_when_the_base_model_scored_best(client, repo):
+    run = make_run(repo)
+    repo.add_evaluation(run.id, 0, 0.5)
+    repo.add_evaluation(run.id, 2, 0.1)
+    repo.add_checkpoint(run.id, 2, "/data/runs/1/step-2")
+    [item] = client.get(f"/v1/runs/{run.id}/checkpoints").json()["items"]
+    assert (item["eval_accuracy"], item["best"]) == (0.1, False)
+
+
+def test_a_checkpoint_downloads_as_a_tar_of_its_model_files_without_the_optimiser(
+    client, repo, tmp_path
+):
+    run = make_run(repo)
+    directory = tmp_path / "runs" / str(run.id) / "step-000002"
+    files = {
+        "config.json": b'{"model_type": "llama"}',
+        "model.safetensors": bytes(range(256)) * 700,  # not a multiple of tar's 512 bytes
+        "adapter/adapter_config.json": b"{}",
+        "state.json": b'{"step": 2}',
+    }
+    for name, content in {**files, "trainer_state.pt": b"optimiser"}.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(content)
+    repo.add_checkpoint(run.id, 2, str(directory))
+
+    response = client.get(f"/v1/runs/{run.id}/checkpoints/2/archive")
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-tar"
+    assert f'filename="run-{run.id}-step-000002.tar"' in response.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    assert got == {f"step-000002/{name}": content for name, content in files.items()}
+
+
+def test_a_checkpoint_that_is_not_recorded_or_gone_from_disk_is_404(client, repo, tmp_path):
+    run = make_run(repo)
+    repo.add_checkpoint(run.id, 4, str(tmp_path / "pruned"))
+    assert client.get(f"/v1/runs/{run.id}/checkpoints/3/archive").status_code == 404
+    response = client.get(f"/v1/runs/{run.id}/checkpoints/4/archive")
+    assert response.status_code == 404
+    assert "no longer on the server" in error_of(response)["message"]
+    assert client.get("/v1/runs/999999/checkpoints/4/archive").status_code == 404
+
+
 def test_feedback_is_the_newest_items_of_the_live_stream(client, repo, run_async):
     run = make_run(repo)
     bus = client.app.state.services.bus
@@ -372,6 +435,24 @@ def test_a_run_samples_only_on_a_vllm_server_the_operator_lists(make_client, tmp
     assert "server_url" in error_of(client.post("/v1/runs", json=body))["message"]
     assert client.get("/v1/runs").json()["items"] == []
     body = {**RUN, "config": {"sampling": {"backend": "server", "server_url": listed}}}
+    assert client.post("/v1/runs", json=body).status_code == 201
+
+
+def test_server_adapters_without_a_lora_run_on_a_server_is_422(make_client, tmp_path):
+    from service.settings import Settings
+
+    listed = "http://vllm.internal:8000"
+    client = make_client(Settings(data_dir=tmp_path, device="cpu", vllm_servers=[listed]))
+    on_server = {"backend": "server", "server_url": listed, "server_adapters": True}
+    for config, expected in [
+        ({"sampling": on_server}, "set `lora` too"),
+        ({"sampling": {"server_adapters": True}, "lora": {"r": 4}}, "needs sampling.backend"),
+    ]:
+        response = client.post("/v1/runs", json={**RUN, "config": config})
+        assert response.status_code == 422, config
+        assert expected in error_of(response)["message"]
+    assert client.get("/v1/runs").json()["items"] == []
+    body = {**RUN, "config": {"sampling": on_server, "lora": {"r": 4}}}
     assert client.post("/v1/runs", json=body).status_code == 201
 
 
