@@ -53,6 +53,17 @@ export async function post(path, body = undefined) {
   return answer(await fetch(path, init));
 }
 
+// Save what `path` answers as a file (with the token: a plain link could not send it).
+export async function download(path, filename) {
+  const response = await fetch(path, { headers: headers() });
+  if (!response.ok) return answer(response);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = filename;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+}
+
 // Calls onEvent({id, event, data}) for every server-sent event of `path` until the stream
 // ends or `signal` aborts; reconnects with Last-Event-ID when the connection drops.
 // onOpen() runs once the server has answered (it has fixed where the stream starts).

@@ -1,71 +1,22 @@
-// One environment: its configuration and schema, and "try": a few sampled, scored rollouts.
+// One environment: its configuration and schema; "try" (a few sampled, scored responses)
+// and "probe" (the teacher-student gap before any training). Neither stores anything.
 import { get, post } from "./api.js";
 import { errorBox, h, main, number, pre } from "./dom.js";
 
 export async function render(parts) {
   const name = parts[1];
   const env = await get(`/v1/environments/${encodeURIComponent(name)}`);
-  const results = h("div", { id: "try-results" });
-  const form = h(
-    "form",
-    { id: "try-form", class: "filters" },
-    h("label", {}, "model ", h("input", { name: "model", value: "tiny", required: true })),
-    h("label", {}, " tasks ", h("input", { name: "tasks", type: "number", min: 1, max: 16, value: 2 })),
-    h(
-      "label",
-      {},
-      " samples per task ",
-      h("input", { name: "samples_per_prompt", type: "number", min: 1, max: 8, value: 2 }),
-    ),
-    h(
-      "label",
-      {},
-      " max new tokens ",
-      h("input", { name: "max_new_tokens", type: "number", min: 1, max: 512, value: 16 }),
-    ),
-    h(
-      "label",
-      {},
-      " split ",
-      h("select", { name: "split" }, h("option", {}, "train"), h("option", {}, "eval")),
-    ),
-    " ",
-    h("button", { type: "submit", id: "try-button" }, "Try"),
+  const path = `/v1/environments/${encodeURIComponent(name)}`;
+  const tryForm = form(
+    "try",
+    [numeric("tasks", 2, 16), numeric("samples_per_prompt", 2, 8), numeric("max_new_tokens", 16, 512)],
+    h("select", { name: "split" }, h("option", {}, "train"), h("option", {}, "eval")),
   );
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const body = Object.fromEntries(new FormData(form));
-    for (const key of ["tasks", "samples_per_prompt", "max_new_tokens"]) body[key] = Number(body[key]);
-    results.replaceChildren(h("p", { class: "muted" }, "Sampling… (the first call for a model loads it)"));
-    try {
-      const { items } = await post(`/v1/environments/${encodeURIComponent(name)}/try`, body);
-      results.replaceChildren(
-        h(
-          "table",
-          { id: "try-table" },
-          h(
-            "tr",
-            {},
-            ["task", "prompt", "response", "verdict", "reward", "feedback"].map((c) => h("th", {}, c)),
-          ),
-          items.map((t) =>
-            h(
-              "tr",
-              {},
-              h("td", {}, t.task_id),
-              h("td", { class: "clip" }, t.prompt),
-              h("td", { class: "clip" }, t.response),
-              h("td", {}, t.verdict),
-              h("td", {}, number(t.reward)),
-              h("td", { class: "clip" }, t.feedback ?? ""),
-            ),
-          ),
-        ),
-      );
-    } catch (error) {
-      results.replaceChildren(errorBox(error));
-    }
-  });
+  const probeForm = form("probe", [
+    numeric("groups", 4, 16),
+    numeric("samples_per_prompt", 8, 16),
+    numeric("max_new_tokens", 16, 512),
+  ]);
   main(
     h(
       "h1",
@@ -85,10 +36,71 @@ export async function render(parts) {
       ),
     ),
     h("h2", {}, "Try"),
-    form,
-    results,
+    tryForm,
+    h("h2", {}, "Probe ", h("small", { class: "muted" }, "(is there a gap for self-distillation to close?)")),
+    probeForm,
     h("h2", {}, "Configuration"),
     pre(env.config),
     h("details", {}, h("summary", {}, "Configuration schema"), pre(env.config_schema)),
   );
+  submit(tryForm, `${path}/try`, ({ items }) =>
+    h(
+      "table",
+      { id: "try-table" },
+      h(
+        "tr",
+        {},
+        ["task", "prompt", "response", "verdict", "reward", "feedback"].map((c) => h("th", {}, c)),
+      ),
+      items.map((t) =>
+        h(
+          "tr",
+          {},
+          [t.task_id, t.prompt, t.response, t.verdict, number(t.reward), t.feedback ?? ""].map((v) =>
+            h("td", { class: "clip" }, v),
+          ),
+        ),
+      ),
+    ),
+  );
+  submit(probeForm, `${path}/probe`, (report) =>
+    h(
+      "table",
+      { id: "probe-table", class: "facts" },
+      Object.entries(report).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "number" ? number(v) : v))),
+    ),
+  );
+}
+
+function numeric(name, value, max) {
+  return [name, h("input", { name, type: "number", min: 1, max, value })];
+}
+
+function form(id, fields, ...extra) {
+  return h(
+    "form",
+    { id: `${id}-form`, class: "filters" },
+    h("label", {}, "model ", h("input", { name: "model", value: "tiny", required: true })),
+    fields.map(([name, input]) => h("label", {}, ` ${name.replaceAll("_", " ")} `, input)),
+    extra.map((input) => h("label", {}, ` ${input.name} `, input)),
+    " ",
+    h("button", { type: "submit", id: `${id}-button` }, id[0].toUpperCase() + id.slice(1)),
+    h("div", { id: `${id}-results` }),
+  );
+}
+
+// POST the form's fields (numbers as numbers) to `path`, and show(answer) under it.
+function submit(node, path, show) {
+  const results = node.querySelector("div");
+  node.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = Object.fromEntries(new FormData(node));
+    for (const input of node.querySelectorAll("input[type=number]")) body[input.name] = Number(input.value);
+    results.replaceChildren(h("p", { class: "muted" }, "Sampling… (loading the model first)"));
+    try {
+      results.replaceChildren(show(await post(path, body)));
+    } catch (error) {
+      results.replaceChildren(errorBox(error));
+    }
+  });
 }

@@ -1,7 +1,7 @@
 // One run: its state and controls, live curves over steps or samples, its config and
 // checkpoints. Curves come thinned from the API (`points`), then grow with the run's
 // events (SSE), which the page follows while the run is live.
-import { get, post, stream } from "./api.js";
+import { download, get, post, stream } from "./api.js";
 import { againstSamples, draw, panelsFor, thin } from "./charts.js";
 import { errorBox, h, main, number, pre, status, when } from "./dom.js";
 
@@ -204,6 +204,10 @@ class RunPage {
     }
   }
 
+  showError(error) {
+    document.getElementById("run-error").replaceChildren(errorBox(error));
+  }
+
   async refreshRun() {
     this.run = await get(`/v1/runs/${this.id}`);
     this.showRun();
@@ -242,21 +246,40 @@ class RunPage {
 
   async showCheckpoints() {
     const { items } = await get(`/v1/runs/${this.id}/checkpoints`);
+    const headings = ["step", "held-out accuracy", "", "path", "kept", ""];
+    const rows = items.map((c) => {
+      const archive = `/v1/runs/${this.id}/checkpoints/${c.step}/archive`;
+      const name = `opsd-run-${this.id}-step-${c.step}.tar`;
+      return h(
+        "tr",
+        { class: c.best ? "best" : "" },
+        h("td", {}, c.step),
+        h("td", {}, number(c.eval_accuracy)),
+        h("td", {}, c.best ? "★ best" : ""),
+        h("td", {}, h("code", {}, c.path)),
+        h("td", {}, when(c.created_at)),
+        h(
+          "td",
+          {},
+          h(
+            "button",
+            { type: "button", onclick: () => download(archive, name).catch((e) => this.showError(e)) },
+            "download",
+          ),
+        ),
+      );
+    });
     document.getElementById("checkpoints").replaceChildren(
       items.length
         ? h(
             "table",
             { id: "checkpoint-list" },
-            h("tr", {}, h("th", {}, "step"), h("th", {}, "path"), h("th", {}, "kept")),
-            items.map((c) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, c.step),
-                h("td", {}, h("code", {}, c.path)),
-                h("td", {}, when(c.created_at)),
-              ),
+            h(
+              "tr",
+              {},
+              headings.map((c) => h("th", {}, c)),
             ),
+            rows,
           )
         : h("p", { class: "muted" }, "No checkpoint yet."),
     );

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,13 +203,32 @@ def test_a_trajectory_shows_its_tokens_coloured_by_the_log_ratio(page, api, foll
     page.shot("05-trajectory")
 
 
-def test_two_runs_overlaid_against_samples_export_as_png_and_svg(page, api, followed_run):
-    other = api.create_run("arithmetic", algorithm="grpo", steps=2, config=SMALL_RUN)["id"]
-    page.until(lambda _: api.get_run(other)["status"] == "completed")
+@pytest.fixture(scope="module")
+def finished_run(page, api) -> int:
+    """A short GRPO run, trained to its end."""
+    run_id = api.create_run("arithmetic", algorithm="grpo", steps=2, config=SMALL_RUN)["id"]
+    page.until(lambda _: api.get_run(run_id)["status"] == "completed")
+    return run_id
+
+
+def test_a_finished_runs_checkpoint_downloads_from_its_page(page, finished_run):
+    page.open(f"/runs/{finished_run}")
+    page.click("#checkpoint-list button")
+    tar = page.artifacts / f"opsd-run-{finished_run}-step-2.tar"
+    page.until(lambda _: tar.exists() and tarfile.is_tarfile(tar))
+    with tarfile.open(tar) as archive:
+        assert any(name.endswith("config.json") for name in archive.getnames())
+    page.shot("06-run-completed")
+
+
+def test_two_runs_overlaid_against_samples_export_as_png_and_svg(
+    page, api, followed_run, finished_run
+):
+    other = finished_run
     page.open("/")  # picked on the run list
     for run_id in (followed_run, other):
         page.click(f"#runs input[value='{run_id}']")
-    page.shot("06-runs")
+    page.shot("07-runs")
     page.click("#compare-selected")
     page.find("#compare-chart .main-svg")
     assert page.browser.current_url.endswith(f"/compare?runs={other},{followed_run}")
@@ -218,7 +238,7 @@ def test_two_runs_overlaid_against_samples_export_as_png_and_svg(page, api, foll
         len(page.browser.find_elements(By.CSS_SELECTOR, "#compare-chart .scatterlayer .trace")) == 2
     )
     assert "samples" in page.text("#compare-chart")
-    page.shot("07-compare")
+    page.shot("08-compare")
     for format, prefix in [("png", "data:image/png"), ("svg", "data:image/svg+xml")]:
         page.click(f"#export-{format}")
         page.until(
@@ -232,12 +252,14 @@ def test_two_runs_overlaid_against_samples_export_as_png_and_svg(page, api, foll
     page.until(lambda _: len(list(page.artifacts.glob("opsd-compare-reward_mean.*"))) == 2)
 
 
-def test_an_environment_is_tried_from_its_page(page):
+def test_an_environment_is_tried_and_probed_from_its_page(page):
     page.open("/environments/arithmetic")
     page.click("#try-button")
     page.find("#try-table")
     assert len(page.browser.find_elements(By.CSS_SELECTOR, "#try-table tr")) == 1 + 2 * 2
-    page.shot("08-environment-try")
+    page.click("#probe-button")
+    assert "teacher_gap" in page.text("#probe-table")
+    page.shot("09-environment-try-and-probe")
 
 
 def test_the_pages_thin_a_series_as_the_api_does(page):
@@ -281,7 +303,7 @@ def test_a_tool_episode_sets_its_tool_output_apart_as_not_trained_on(browser, ar
     scored = browser.find_elements(By.CSS_SELECTOR, "#tokens .token[data-log-ratio]")
     assert [float(t.get_attribute("data-log-ratio")) for t in scored] == [0.5, -1.5, 0.1, -2.5, 3.0]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#turns tr")) == 1 + 2
-    page.shot("09-tool-episode")
+    page.shot("10-tool-episode")
 
 
 def test_every_metric_a_run_records_is_charted_the_health_metrics_too(browser, artifacts, recorded):
@@ -302,7 +324,7 @@ def test_every_metric_a_run_records_is_charted_the_health_metrics_too(browser, a
         for name in chart.get_attribute("data-metrics").split()
     }
     assert {*health, "teacher_gap", "reward_mean", "loss", "a_new_metric", "steps_per_s"} <= charted
-    page.shot("10-run-health-metrics")
+    page.shot("11-run-health-metrics")
 
 
 def test_the_run_list_follows_the_progress_of_active_runs(browser, artifacts, recorded):
@@ -327,13 +349,13 @@ def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, art
         page.open("/")
         assert "401" in page.text("#main .error")
         page.find("#main .error a[href='/token']")
-        page.shot("11-token-needed")
+        page.shot("12-token-needed")
 
         page.open("/token")
         page.find("#token-input").send_keys(READ_TOKEN)
         page.click("#token-save")
         page.until(lambda b: "accepts" in b.find_element(By.ID, "token-check").text)
-        page.shot("12-token-view")
+        page.shot("13-token-view")
         page.open("/")
         page.find("#main h1")
         assert not browser.find_elements(By.CSS_SELECTOR, "#main .error")
@@ -354,7 +376,7 @@ def test_with_tokens_the_pages_read_and_change_with_the_token_given(browser, art
         page.click("#create-run")
         page.until(lambda b: b.current_url.rstrip("/").split("/")[-1].isdigit())
         assert "Run #1" in page.text("#main h1")
-        page.shot("13-run-created-with-token")
+        page.shot("14-run-created-with-token")
         page.open("/runs/1")  # queued for good: nothing trains here, its stream stays open
         page.until(lambda b: "live" in b.find_element(By.ID, "live").text)
         page.open("/token")  # leaving the page closes its stream, so the server can stop
