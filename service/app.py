@@ -11,7 +11,8 @@ that nothing trains.
 
 Every way of starting the app refuses a public address without a token (`check_bind`),
 and every request passes `service.api.edge.EdgeGuard` first. /docs and /redoc load
-their scripts from this server (fastapi-offline ships them), so they work offline.
+their scripts from this server (fastapi-offline ships them), so they work offline; so
+does the dashboard at `/` (service.dashboard).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.engine import make_url
 
+from service import dashboard
 from service.api.auth import check_bind, configured_token, document_bearer_auth
 from service.api.deps import (
     BusDep,
@@ -130,7 +132,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     )
     app.state.metrics = AppMetrics()
     app.add_middleware(
-        EdgeGuard, settings=settings, open_paths=OPEN_PATHS, open_prefix=DOCS_ASSETS + "/"
+        EdgeGuard,
+        settings=settings,
+        open_paths=OPEN_PATHS | dashboard.OPEN_PATHS,
+        open_prefixes=(DOCS_ASSETS + "/", *dashboard.OPEN_PREFIXES),
     )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts refusals
     install_error_handlers(app)
@@ -139,6 +144,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         app.include_router(router)
     # The flat route table, for the `Allow` header of a 405 (see service.api.errors).
     app.state.api_routes = [route for router in routers for route in router.routes]
+    app.include_router(dashboard.router)  # the pages at `/`, after the API's routes
+    dashboard.install_assets(app)
     if configured_token(settings) is not None:
         document_bearer_auth(app, OPEN_PATHS)
     return app

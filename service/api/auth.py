@@ -1,8 +1,9 @@
 """Who may call the API: bearer tokens, the names it answers to, and the bind rule.
 
 docs/operating.md "Security": a bearer token guards the API when the server listens
-beyond localhost. With a token, every call but the probes and the API documentation
-carries it; `read_token` (optional) allows reads only. Without a token the server
+beyond localhost. With a token, every call but the probes, the API documentation and
+the dashboard's pages and scripts (service.dashboard) carries it; `read_token`
+(optional) allows reads only. Without a token the server
 listens and answers on loopback only. `check_bind` runs in the app factory, so every
 way of starting the app enforces it; `opsd serve` also calls it for an early message.
 The checks themselves run per request in `service.api.edge`.

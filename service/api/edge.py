@@ -5,8 +5,8 @@ In order:
    page on another site must not reach a localhost API through DNS rebinding or a
    cross-site form;
 2. without a token, the client is on this machine (403), however the app was started;
-3. with a token, every call but the probes and the documentation carries it (401), and
-   the read token only reads (403);
+3. with a token, every call but the probes, the documentation and the dashboard's pages
+   and scripts (which hold no data) carries it (401), and the read token only reads (403);
 4. the body stays within `max_body_bytes` (413): a larger `Content-Length` is refused
    at once, and a body without one (chunked) is counted as it streams in.
 
@@ -41,14 +41,18 @@ class EdgeGuard:
     """Refuses, in the API's error format, requests that must not reach a route."""
 
     def __init__(
-        self, app: ASGIApp, settings: Settings, open_paths: Collection[str], open_prefix: str
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        open_paths: Collection[str],
+        open_prefixes: tuple[str, ...],
     ) -> None:
         self.app = app
         self.settings = settings
         self.hosts = allowed_hosts(settings)
         self.token = configured_token(settings)
         self.open_paths = frozenset(open_paths)
-        self.open_prefix = open_prefix
+        self.open_prefixes = open_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,7 +113,7 @@ class EdgeGuard:
         return "*" in self.hosts or host in self.hosts
 
     def is_open(self, path: str) -> bool:
-        return path in self.open_paths or path.startswith(self.open_prefix)
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def limited(self, receive: Receive) -> Receive:
         """`receive` that raises BodyTooLarge once the body passes the limit."""

@@ -31,6 +31,7 @@ from service.runs.schemas import (
     FeedbackList,
     MetricsSeries,
     Run,
+    RunConfigSchema,
     RunCreate,
     RunList,
     Trajectory,
@@ -104,6 +105,13 @@ def list_runs(
     return cached(reads, repo, None, key, lambda: service.list_runs(repo, limit, cursor, status))
 
 
+@router.get("/config-schema", response_model=RunConfigSchema)
+def run_config_schema() -> RunConfigSchema:
+    """The JSON schema of a run's configuration and the preset of each algorithm: what
+    `config` of `POST /v1/runs` may override (the dashboard builds its form from it)."""
+    return service.config_schema()
+
+
 @router.get("/{run_id}", response_model=Run, responses=READ_ERRORS)
 def get_run(run_id: RunId, repo: RepoDep, reads: ReadsDep) -> Response:
     return cached(reads, repo, run_id, ("run", run_id), lambda: service.get_run(repo, run_id))
@@ -174,15 +182,23 @@ def list_trajectories(
     verdict: Annotated[str | None, Query(max_length=32, examples=["wrong_answer"])] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
+    min_reward: Annotated[
+        float | None, Query(ge=-1e9, le=1e9, description="only rewards at least this")
+    ] = None,
+    max_reward: Annotated[
+        float | None, Query(ge=-1e9, le=1e9, description="only rewards at most this")
+    ] = None,
 ) -> Response:
     """Scored responses in the order they were written (step, task, sample)."""
-    key = ("trajectories", run_id, step, verdict, limit, cursor)
+    key = ("trajectories", run_id, step, verdict, limit, cursor, min_reward, max_reward)
     return cached(
         reads,
         repo,
         run_id,
         key,
-        lambda: service.list_trajectories(repo, run_id, step, verdict, limit, cursor),
+        lambda: service.list_trajectories(
+            repo, run_id, step, verdict, limit, cursor, min_reward, max_reward
+        ),
     )
 
 
@@ -267,8 +283,17 @@ async def run_events(
         int | None,
         Header(ge=0, le=MAX_INT64, description="set by EventSource on reconnect; wins over after"),
     ] = None,
+    tail: Annotated[
+        bool,
+        Query(
+            description="only events recorded from now on (a client that has just read the "
+            "run's state); Last-Event-ID and after win over it"
+        ),
+    ] = False,
 ) -> EventSourceResponse:
     """The run's events: those recorded so far, then new ones until the run ends."""
     await to_thread.run_sync(repo.get_run, run_id)  # 404 before the stream starts
     start = last_event_id if last_event_id is not None else after
+    if tail and last_event_id is None and after == 0:
+        start = (await to_thread.run_sync(repo.read_version, run_id))[1]
     return EventSourceResponse(follow_run(repo, run_id, start, settings.poll_s, bus))

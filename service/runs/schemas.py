@@ -45,6 +45,18 @@ class RunCreate(BaseModel):
     )
 
 
+class RunConfigSchema(BaseModel):
+    """What `RunCreate.config` may hold."""
+
+    json_schema: dict[str, Any] = Field(description="JSON schema of the full RunConfig")
+    presets: dict[str, dict[str, Any]] = Field(
+        description="the RunConfig each `algorithm` starts from, by name"
+    )
+    reserved: list[str] = Field(
+        description="fields set from the request's own fields, never from `config`"
+    )
+
+
 class EvalSummary(BaseModel):
     base: float | None = Field(description="held-out accuracy of the base model (step 0)")
     latest: float | None = Field(description="the latest held-out accuracy")

@@ -8,6 +8,7 @@ as one `RunConfig` (one configuration model, no drifting copy: docs/contributing
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from service.storage import models as orm
 from service.storage.repository import decode_cursor
 from trainer.config import RunConfig
 from trainer.guards import best_evaluation
-from trainer.presets import merge, preset
+from trainer.presets import PRESETS, merge, preset
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ TRANSITIONS: dict[str, tuple[tuple[RunStatus, ...], RunStatus]] = {
 }
 # Set from the request's own fields, never from `config`.
 RESERVED_CONFIG_KEYS = ("env", "env_config", "model")
+STEPS_PER_S_WINDOW = 10  # steps the `steps_per_s` series averages over
 
 
 def build_config(body: schemas.RunCreate, kind: str, env_config: dict[str, Any]) -> RunConfig:
@@ -93,6 +95,15 @@ def create_run(repo: Repository, body: schemas.RunCreate, settings: Settings) ->
 def vllm_installed() -> bool:
     """Whether vLLM can be found (not imported: that takes seconds)."""
     return find_spec("vllm") is not None
+
+
+def config_schema() -> schemas.RunConfigSchema:
+    """What a client needs to build a run's `config`: the schema and every preset."""
+    return schemas.RunConfigSchema(
+        json_schema=RunConfig.model_json_schema(),
+        presets={name: preset(name).model_dump(mode="json") for name in PRESETS},
+        reserved=list(RESERVED_CONFIG_KEYS),
+    )
 
 
 def get_run(repo: Repository, run_id: int) -> schemas.Run:
@@ -169,9 +180,25 @@ def to_summary(
 
 
 def metrics(repo: Repository, run_id: int, points: int) -> dict[str, list[tuple[int, float]]]:
-    """`{metric: [(step, value), ...]}`, each series thinned to at most `points`."""
+    """`{metric: [(step, value), ...]}`, each series thinned to at most `points`: the
+    recorded metrics, `eval_accuracy` and the throughput `steps_per_s`."""
     repo.get_run(run_id)
-    return {name: thin(series, points) for name, series in repo.metrics_series(run_id).items()}
+    series = repo.metrics_series(run_id)
+    if rates := steps_per_second(repo.step_times(run_id)):
+        series["steps_per_s"] = rates
+    return {name: thin(values, points) for name, values in series.items()}
+
+
+def steps_per_second(times: list[tuple[int, datetime]]) -> list[tuple[int, float]]:
+    """`(step, steps recorded per second over the STEPS_PER_S_WINDOW steps up to it)`,
+    from when each step was recorded; from the second step on."""
+    rates = []
+    for i in range(1, len(times)):
+        first = max(0, i - STEPS_PER_S_WINDOW)
+        seconds = (times[i][1] - times[first][1]).total_seconds()
+        if seconds > 0:
+            rates.append((times[i][0], (i - first) / seconds))
+    return rates
 
 
 def thin(series: list, points: int) -> list:
@@ -189,9 +216,13 @@ def list_trajectories(
     verdict: str | None,
     limit: int,
     cursor: str | None,
+    min_reward: float | None = None,
+    max_reward: float | None = None,
 ) -> schemas.TrajectoryList:
     repo.get_run(run_id)
-    rows, next_cursor = repo.list_trajectories(run_id, step, verdict, limit, check_cursor(cursor))
+    rows, next_cursor = repo.list_trajectories(
+        run_id, step, verdict, limit, check_cursor(cursor), min_reward, max_reward
+    )
     items = [schemas.TrajectorySummary.model_validate(row) for row in rows]
     return schemas.TrajectoryList(items=items, next_cursor=next_cursor)
 

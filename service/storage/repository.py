@@ -12,6 +12,7 @@ import base64
 import binascii
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, insert, select, update
@@ -305,13 +306,20 @@ class Repository:
         verdict: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        min_reward: float | None = None,
+        max_reward: float | None = None,
     ) -> tuple[list[Trajectory], str | None]:
-        """In the order they were written (step, then group, then sample)."""
+        """In the order they were written (step, then group, then sample); the reward
+        bounds are inclusive."""
         query = select(Trajectory).where(Trajectory.run_id == run_id)
         if step is not None:
             query = query.where(Trajectory.step == step)
         if verdict is not None:
             query = query.where(Trajectory.verdict == verdict)
+        if min_reward is not None:
+            query = query.where(Trajectory.reward >= min_reward)
+        if max_reward is not None:
+            query = query.where(Trajectory.reward <= max_reward)
         return self._page(query, Trajectory.id, limit, cursor, newest_first=False)
 
     def get_trajectory(self, trajectory_id: int) -> tuple[Trajectory, list[float | None] | None]:
@@ -457,6 +465,12 @@ class Repository:
         if evaluations := self.evaluations(run_id):
             series["eval_accuracy"] = evaluations
         return series
+
+    def step_times(self, run_id: int) -> list[tuple[int, datetime]]:
+        """`(step, when it was recorded)` in step order."""
+        query = select(Step.step, Step.created_at).where(Step.run_id == run_id)
+        with self.sessions() as s:
+            return [(step, at) for step, at in s.execute(query.order_by(Step.step))]
 
     def step_metrics(self, run_id: int, first: int, last: int) -> list[tuple[int, dict[str, Any]]]:
         """`[(step, metrics), ...]` of the recorded steps `first`..`last`, in step order

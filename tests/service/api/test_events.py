@@ -162,3 +162,28 @@ def test_without_a_reachable_bus_the_stream_polls_the_record(client, repo):
             await dead.aclose()
 
     assert client.portal.call(run_with_a_dead_bus) == ["started", "completed"]
+
+
+def test_a_tail_stream_sends_only_the_events_recorded_after_it_opened(client, repo):
+    run = make_run(repo)
+    repo.add_event(run.id, "started", {})
+    repo.add_event(run.id, "step", {"step": 1})
+
+    def train() -> None:
+        time.sleep(0.5)  # the stream opens meanwhile
+        repo.add_event(run.id, "step", {"step": 2})
+        repo.add_event(run.id, "completed", {})
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    events = events_of(client, run.id, params={"tail": True})
+    trainer.join()
+    assert [e["event"] for e in events] == ["step", "completed"]
+    assert json.loads(events[0]["data"])["payload"] == {"step": 2}
+    # a reconnecting client's Last-Event-ID wins over the tail
+    first = json.loads(events[0]["data"])["id"]
+    resumed = events_of(client, run.id, params={"tail": True}, headers={"Last-Event-ID": "0"})
+    assert [e["event"] for e in resumed] == ["started", "step", "step", "completed"]
+    assert (
+        events_of(client, run.id, params={"tail": True, "after": first})[0]["event"] == "completed"
+    )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import tarfile
+from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from service.runs.service import steps_per_second
 
 from ..records import set_status
 from .helpers import error_of, make_run, record_step
@@ -451,3 +454,49 @@ def test_server_adapters_without_a_lora_run_on_a_server_is_422(make_client, tmp_
     assert client.get("/v1/runs").json()["items"] == []
     body = {**RUN, "config": {"sampling": on_server, "lora": {"r": 4}}}
     assert client.post("/v1/runs", json=body).status_code == 201
+
+
+def test_trajectories_filter_by_reward_bounds_inclusively(client, repo):
+    run = make_run(repo)
+    record_step(repo, run.id, 1, ["ok", "wrong_answer", "ok"])  # rewards 1, 0, 1
+    url = f"/v1/runs/{run.id}/trajectories"
+    rewarded = client.get(url, params={"min_reward": 1}).json()["items"]
+    assert [(t["sample_index"], t["reward"]) for t in rewarded] == [(0, 1.0), (2, 1.0)]
+    unrewarded = client.get(url, params={"max_reward": 0.5}).json()["items"]
+    assert [t["sample_index"] for t in unrewarded] == [1]
+    assert client.get(url, params={"min_reward": 0.5, "max_reward": 0.9}).json()["items"] == []
+    assert client.get(url, params={"min_reward": "nan"}).status_code == 422
+
+
+def test_the_run_config_schema_and_the_presets_are_served(client):
+    body = client.get("/v1/runs/config-schema").json()
+    assert {"loss", "optim", "sampling", "prompts_per_step"} <= body["json_schema"][
+        "properties"
+    ].keys()
+    assert set(body["presets"]) == {"sdpo", "grpo"}
+    assert body["presets"]["grpo"]["loss"]["distill_weight"] == 0.0
+    assert body["reserved"] == ["env", "env_config", "model"]
+    # a config built from the schema's fields is what POST /v1/runs takes
+    config = {"optim": {"lr": body["presets"]["sdpo"]["optim"]["lr"] / 2}}
+    run = client.post("/v1/runs", json={"environment": "arithmetic", "config": config})
+    assert run.status_code == 201, run.text
+
+
+def test_metrics_include_the_steps_recorded_per_second_from_the_second_step(client, repo):
+    run = make_run(repo)
+    for step in (1, 2, 3):
+        record_step(repo, run.id, step, ["ok"])
+    series = client.get(f"/v1/runs/{run.id}/metrics").json()["series"]
+    assert [step for step, _ in series["steps_per_s"]] == [2, 3]
+    assert all(rate > 0 for _, rate in series["steps_per_s"])
+
+
+def test_steps_per_second_averages_over_a_window_of_steps():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    times = [(step, start + timedelta(seconds=2 * step)) for step in range(1, 14)]
+    rates = steps_per_second(times)
+    assert [step for step, _ in rates] == list(range(2, 14))
+    assert all(rate == pytest.approx(0.5) for _, rate in rates)
+    paused = [*times, (14, times[-1][1] + timedelta(seconds=182))]  # a 3-minute stop
+    assert steps_per_second(paused)[-1] == (14, pytest.approx(10 / 200))
+    assert steps_per_second(times[:1]) == []
