@@ -202,13 +202,14 @@ def summarize(
         if checkpoints:
             checkpoint = str(Path(checkpoint).absolute())
         paths = {"checkpoint": checkpoint, "plot": str(image)}
-        hint = f"`OPSD_DATA_DIR={data_dir} opsd serve`, then http://127.0.0.1:8000/docs"
+        hint = f"`OPSD_DATA_DIR={data_dir} opsd serve`, then http://127.0.0.1:8000/runs/{run['id']}"
     else:
         paths = {f"checkpoint (on the server, {server})": checkpoint}
         paths["plot (on this machine)"] = str(image)
-        hint = f"{server}/docs"
+        hint = f"{server}/runs/{run['id']}"
     for name, path in paths.items():
         console.print(f"{name}: {path}", soft_wrap=True, highlight=False)
     console.print(
-        f"{hint} to browse the run's trajectories, token scores and metrics", soft_wrap=True
+        f"{hint} to see the run in the dashboard: its curves, trajectories and token scores",
+        soft_wrap=True,
     )

@@ -68,7 +68,7 @@ def test_demo_against_a_server_elsewhere_prints_absolute_paths_and_where_they_ar
     image = client_dir / "opsd-demo-run-1.png"
     assert f"checkpoint (on the server, {url}): {checkpoint}" in out
     assert f"plot (on this machine): {image}" in out
-    assert f"{url}/docs" in out
+    assert f"{url}/runs/1 to see the run in the dashboard" in out
     with Image.open(image) as png:  # the plot names the run
         assert png.text["Title"] == "run 1: sdpo on arithmetic with tiny"
     assert not (client_dir / "runs").exists()
