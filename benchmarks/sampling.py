@@ -4,7 +4,10 @@ Same model, same batch, one process: `--prompts` arithmetic prompts x `--samples
 of up to `--max-new` tokens at temperature 1, with log-probs, `--repeats` times per
 sampler after one warm-up call; the median is reported. The update is what a run pays
 after every training step: nothing for the transformers sampler (it generates with the
-policy itself), `sync` (push the full weights, reset the prefix cache) for vLLM.
+policy itself), `sync` (push the full weights, reset the prefix cache) for vLLM, and for
+a LoRA policy (`--lora R`) the engine's adapter update: `sync` saves the adapter, and the
+next draw loads it as a new LoRA request (that draw's time is reported beside a draw with
+the adapter already loaded).
 
     python benchmarks/sampling.py                       # the shipped tiny model
     python benchmarks/sampling.py --shape small         # a random Llama of ~40M parameters
@@ -83,6 +86,11 @@ def cpu_name() -> str:
 
 
 def timed(fn, repeats: int) -> float:
+    """The median of `repeats` calls after a warm-up call (0: the time of one call)."""
+    if not repeats:
+        began = time.perf_counter()
+        fn()
+        return time.perf_counter() - began
     fn()  # warm-up
     seconds = []
     for _ in range(repeats):
@@ -90,6 +98,34 @@ def timed(fn, repeats: int) -> float:
         fn()
         seconds.append(time.perf_counter() - began)
     return statistics.median(seconds)
+
+
+def lora_update(path, tokenizer, engine_config, args, draw) -> dict:
+    """A rank-`args.lora` adapter's update on a LoRA engine: `sync` saves the adapter, and
+    the engine loads it with the next draw; both are reported, with the draw's time with
+    the adapter it already holds beside it."""
+    from trainer.config import LoraConfig
+
+    adapted, _ = load_policy(path, device=torch.device(args.device), lora=LoraConfig(r=args.lora))
+    adapted.eval()
+    engine = VLLMSampler(path, tokenizer, engine_config, lora_rank=args.lora)
+    one_draw = draw(engine)
+    try:
+        engine.sync(adapted)
+        sync_s = timed(lambda: engine.sync(adapted), args.repeats)
+        held_s = timed(one_draw, args.repeats)  # the last sync's adapter, loaded once
+        after_sync = []
+        for _ in range(args.repeats):
+            engine.sync(adapted)
+            after_sync.append(timed(one_draw, 0))
+    finally:
+        engine.close()
+    return {
+        "lora_rank": args.lora,
+        "vllm_lora_sync_s": sync_s,
+        "vllm_lora_draw_after_sync_s": statistics.median(after_sync),
+        "vllm_lora_draw_s": held_s,
+    }
 
 
 def main() -> None:
@@ -100,6 +136,7 @@ def main() -> None:
     parser.add_argument("--max-new", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--lora", type=int, metavar="R", help="also time a rank-R LoRA update")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -125,6 +162,7 @@ def main() -> None:
         vllm_s = timed(draw(engine), args.repeats)
         sync_s = timed(lambda: engine.sync(policy), args.repeats)
         engine.close()
+        lora = lora_update(path, tokenizer, engine_config, args, draw) if args.lora else {}
 
     parameters = sum(p.numel() for p in policy.parameters())
     result = {
@@ -136,6 +174,7 @@ def main() -> None:
         "speedup": hf_s / vllm_s,
         "vllm_update_s": sync_s,
         "vllm_load_s": load_s,
+        **lora,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
         "torch": torch.__version__,
     }
