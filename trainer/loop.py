@@ -29,7 +29,7 @@ from trainer.config import RunConfig
 from trainer.context import TeacherContextBuilder
 from trainer.distributed import SINGLE, World, WorldError, join_world
 from trainer.episodes import collect_episodes, greedy_episode_accuracy
-from trainer.model import UNRESTRICTED, ModelAccess
+from trainer.model import UNRESTRICTED, ModelAccess, load_tokenizer
 from trainer.model_names import resolve_model
 from trainer.rollout import collect, greedy_accuracy
 from trainer.run import RunPlan, load_step, open_policy, sample_step, save_step, train_step
@@ -43,15 +43,20 @@ StepCallback = Callable[[dict], None]
 
 @dataclass
 class RunPolicy:
-    """Everything a run holds in memory: the policy, its learner, sampler and environment."""
+    """Everything a run holds in memory: the policy, its learner, sampler and environment.
+
+    A sampling-only copy on a vLLM server (`train=False`, `sampling.backend: server`)
+    holds no policy (`policy` None): the server gets the weights of the model, then of
+    each checkpoint loaded, from their files (`ServerSampler.sync_files`)."""
 
     cfg: RunConfig
-    policy: torch.nn.Module
+    policy: torch.nn.Module | None
     tokenizer: object
     env: Environment
     builder: TeacherContextBuilder
     sampler: Sampler
     learner: Learner | None
+    weights: Path | None = None  # without a policy: the directory the sampler loads from
     loads: int = 0  # checkpoints loaded into the policy (the sampler must see them)
     synced: tuple[int, int] | None = None  # (loads, steps trained) the sampler holds
 
@@ -77,6 +82,20 @@ class RunPolicy:
             raise WorldError("across processes, runs sample with sampling.backend transformers")
         # the environment first: a bad config fails fast, before the model loads
         env = make_env(cfg.env, cfg.env_config, sandbox=sandbox, data_dir=data_dir)
+        local = Path(resolve_model(cfg.model, model_access))
+        if not train and cfg.sampling.backend == "server" and local.is_dir():
+            # the server holds the weights; it gets them from the model's files
+            tokenizer = load_tokenizer(cfg.model, model_access)
+            return cls(
+                cfg=cfg,
+                policy=None,
+                tokenizer=tokenizer,
+                env=env,
+                builder=TeacherContextBuilder(tokenizer, cfg.context),
+                sampler=make_sampler(cfg, None, tokenizer, model_access, sampler_dir),
+                learner=None,
+                weights=local,
+            )
         policy, tokenizer = open_policy(cfg, world.device(device), model_access)
         sampler = make_sampler(cfg, policy, tokenizer, model_access, sampler_dir)
         return cls(
@@ -99,7 +118,10 @@ class RunPolicy:
         changed since it last got them: a training step, a checkpoint loaded)."""
         stamp = (self.loads, self.learner.steps_done if self.learner is not None else 0)
         if stamp != self.synced:
-            self.sampler.sync(self.policy)
+            if self.policy is None:
+                self.sampler.sync_files(self.weights)  # type: ignore[attr-defined]
+            else:
+                self.sampler.sync(self.policy)
             self.synced = stamp
         return self.sampler
 
@@ -121,7 +143,7 @@ class RunPolicy:
         With `seed` (trainer.sampler.sampling_seed), its draws depend on that seed alone."""
         generator = None
         if seed is not None:
-            device = next(self.policy.parameters()).device
+            device = "cpu" if self.policy is None else next(self.policy.parameters()).device
             generator = torch.Generator(device).manual_seed(seed)
         sample = collect_episodes if self.multi_turn else collect
         return sample(
@@ -138,7 +160,13 @@ class RunPolicy:
         )
 
     def load_weights(self, path: Path) -> None:
-        """Sample with the policy weights of checkpoint `path` from now on."""
+        """Sample with the policy weights of checkpoint `path` from now on. Without a
+        policy the server gets the files at once, before the checkpoint may be pruned."""
+        if self.policy is None:
+            self.weights = Path(path)
+            self.loads += 1
+            self.fresh_sampler()
+            return
         load_weights(self.policy, path)
         self.loads += 1
 

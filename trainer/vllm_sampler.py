@@ -28,6 +28,7 @@ from any thread. Install: README.md, "vLLM".
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -210,6 +211,10 @@ class ServerSampler:
     through vLLM's runtime endpoint (`/v1/load_lora_adapter`, on a server started with
     `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`); requests then name the
     adapter, and the prefix cache is reset as for full weights.
+
+    `sync_files(directory)` does the same from a model or checkpoint directory instead
+    of a policy in memory: what the service's sampling copy of a run uses, so that it
+    loads no model (trainer.loop.RunPolicy).
     """
 
     def __init__(
@@ -280,20 +285,57 @@ class ServerSampler:
     def sync(self, policy: torch.nn.Module) -> None:
         """Write the policy's weights (or its adapter) where the server reads them, and
         have it load them."""
+        with self._new_folder() as folder:
+            if self.adapters:
+                self._save_adapter(policy, folder)
+            else:
+                self._save_weights(policy, folder)
+
+    def sync_files(self, source: Path) -> None:
+        """Have the server load the weights of a model or checkpoint directory `source`
+        (its `*.safetensors`; with `adapters`, its `adapter/`, and the base model alone
+        when it has none), copied first where the server reads them: no copy of the
+        policy is needed in this process, and the source may go once this returns."""
+        source = Path(source)
+        if self.adapters and not (source / "adapter").is_dir():
+            self._serving = self.model  # the run's start: the base model, no adapter
+            self._post("/reset_prefix_cache")
+            return
+        with self._new_folder() as folder:
+            if self.adapters:
+                shutil.copytree(source / "adapter", folder, dirs_exist_ok=True)
+                return
+            files = sorted(source.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"no *.safetensors weights in {source}")
+            for file in files:
+                shutil.copy2(file, folder / file.name)
+            untie_output_embeddings(folder, source / "config.json")
+
+    @contextlib.contextmanager
+    def _new_folder(self) -> Iterator[Path]:
+        """A fresh folder under `weights_dir` to fill; once filled, the server loads it
+        (reloads the weights, or loads the adapter) and the previous folder goes."""
         began = time.monotonic()
         folder = self.weights_dir / f"policy-{time.time_ns()}"
         folder.mkdir(parents=True)
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         if self.adapters:
-            self._load_adapter(policy, folder)
+            self._load_adapter(folder)
         else:
-            self._reload_weights(policy, folder)
+            self._reload_weights(folder)
         self._post("/reset_prefix_cache")
         if self._weights is not None:
             shutil.rmtree(self._weights, ignore_errors=True)
         self._weights = folder
         self.sync_seconds = time.monotonic() - began
 
-    def _reload_weights(self, policy: torch.nn.Module, folder: Path) -> None:
+    @staticmethod
+    def _save_weights(policy: torch.nn.Module, folder: Path) -> None:
         from safetensors.torch import save_file
 
         # one file, every tensor its own (tied weights too: the server loads each by name)
@@ -301,18 +343,23 @@ class ServerSampler:
             {name: t.detach().cpu().contiguous().clone() for name, t in full_weights(policy)},
             folder / "model.safetensors",
         )
-        self._post(
-            "/collective_rpc",
-            {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}},
-        )
 
-    def _load_adapter(self, policy: torch.nn.Module, folder: Path) -> None:
-        """Each version from a folder of its own; the previous one goes once this loads."""
+    @staticmethod
+    def _save_adapter(policy: torch.nn.Module, folder: Path) -> None:
         from peft import PeftModel
 
         if not isinstance(policy, PeftModel):
             raise TypeError("sampling.server_adapters pushes a peft model's adapter; this has none")
         policy.save_pretrained(folder)
+
+    def _reload_weights(self, folder: Path) -> None:
+        self._post(
+            "/collective_rpc",
+            {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}},
+        )
+
+    def _load_adapter(self, folder: Path) -> None:
+        """Each version from a folder of its own, loaded in place under one name."""
         self._post(
             "/v1/load_lora_adapter",
             {"lora_name": self.adapter, "lora_path": str(folder), "load_inplace": True},
@@ -366,6 +413,29 @@ def lora_slot(rank: int) -> int:
         if rank <= slot:
             return slot
     raise ValueError(f"vLLM serves LoRA ranks up to {LORA_SLOTS[-1]}, not {rank}")
+
+
+def untie_output_embeddings(folder: Path, config: Path) -> None:
+    """A checkpoint of a model with tied embeddings stores the input embeddings alone,
+    while a server's weight reload loads every tensor by name: write the output layer
+    (`lm_head.weight`, the same tensor) to a file of its own beside them."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if not json.loads(config.read_text()).get("tie_word_embeddings", False):
+        return
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            names = list(weights.keys())
+            if "lm_head.weight" in names:
+                return
+            embeddings = [n for n in names if n.endswith("embed_tokens.weight")]
+            if embeddings:
+                output = weights.get_tensor(embeddings[0]).contiguous()
+                save_file({"lm_head.weight": output}, folder / "lm_head.safetensors")
+                return
 
 
 def full_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

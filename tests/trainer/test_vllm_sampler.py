@@ -10,6 +10,7 @@ broken install fails there instead of skipping).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from trainer.config import RunConfig, SamplingConfig, VLLMConfig
-from trainer.loop import train
+from trainer.loop import RunPolicy, train
 from trainer.model import load_policy
 from trainer.model_names import resolve_model
 from trainer.presets import preset
@@ -346,6 +347,60 @@ def test_a_lora_run_on_a_server_pushes_adapters_and_stays_on_policy(
     )
     gaps = gaps_of(trained_steps(cfg, tmp_path)[1])
     assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
+
+
+def perturbed(policy: torch.nn.Module, seed: int, only: str = "") -> torch.nn.Module:
+    """`policy` with noise added to its parameters (those whose name holds `only`)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if only in name:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return policy.eval()
+
+
+def test_a_sampling_copy_on_a_server_holds_no_policy_and_loads_checkpoints_from_files(
+    tiny, on_server, server, tmp_path
+):
+    """The orchestrator's copy of a run on a server (`train=False`) loads no model: the
+    server gets the run's model, then each checkpoint, from their files, copied where it
+    reads them before the checkpoint may be pruned."""
+    original, tokenizer = tiny
+    trained = perturbed(load_policy("tiny")[0], seed=5)
+    trained.save_pretrained(tmp_path / "step-000001")
+    on_server.sync(perturbed(load_policy("tiny")[0], seed=6))  # another run's weights
+    sampling = {"backend": "server", "server_url": server, "server_model": "tiny"}
+    cfg = preset("sdpo", {"model": "tiny", "sampling": sampling})
+    with RunPolicy.open(cfg, train=False, sampler_dir=tmp_path / "weights") as copy:
+        assert copy.policy is None
+        assert_agrees(original, copy.fresh_sampler(), tokenizer, 1.0)  # the run's start
+        copy.load_weights(tmp_path / "step-000001")
+        shutil.rmtree(tmp_path / "step-000001")  # pruned by the worker
+        assert_agrees(trained, copy.fresh_sampler(), tokenizer, 1.0)
+        assert len(list((tmp_path / "weights").iterdir())) == 1
+    on_server.sync(original)
+
+
+def test_a_lora_sampling_copy_on_a_server_loads_each_checkpoints_adapter(
+    tiny, on_server, server, tmp_path
+):
+    original, tokenizer = tiny
+    on_server.sync(original)
+    lora = RunConfig.model_validate({"model": "tiny", "lora": {"r": 4}}).lora
+    adapted = perturbed(load_policy("tiny", lora=lora)[0], seed=7, only="lora_")
+    adapted.save_pretrained(tmp_path / "step-000001" / "adapter")
+    sampling = {
+        "backend": "server",
+        "server_url": server,
+        "server_model": "tiny",
+        "server_adapters": True,
+    }
+    cfg = preset("sdpo", {"model": "tiny", "lora": {"r": 4}, "sampling": sampling})
+    with RunPolicy.open(cfg, train=False, sampler_dir=tmp_path / "weights") as copy:
+        assert copy.policy is None
+        assert_agrees(original, copy.fresh_sampler(), tokenizer, 1.0)  # no adapter yet
+        copy.load_weights(tmp_path / "step-000001")
+        assert_agrees(adapted, copy.fresh_sampler(), tokenizer, 1.0)
 
 
 def test_tool_episodes_sample_on_the_engine_turn_after_turn(tmp_path):
