@@ -46,20 +46,20 @@ def test_self_distillation_over_tool_episodes_raises_lookup_success(tmp_path):
         {
             "env": "lookup",
             "model": "tiny-tools",
-            "steps": 30,
+            "steps": 15,
             "seed": 0,
             "sampling": {"max_new_tokens": 160},
-            "eval": {"every": 30, "size": 64},
+            "eval": {"every": 15, "size": 64},
         },
     )
     summary = train(cfg, tmp_path)
-    assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.30, summary
+    assert summary["final_eval_accuracy"] >= summary["base_eval_accuracy"] + 0.50, summary
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in records if r["step"] > 0]
-    assert len(trained) == 30
+    assert len(trained) == 15
     early, late = trained[:5], trained[-5:]
     calls = [sum(r["tool_calls_mean"] for r in rs) / 5 for rs in (early, late)]
-    assert calls[1] > calls[0] + 0.2, calls  # the student learnt to call the tool
+    assert calls[1] > calls[0] + 0.3, calls  # the student learnt to call the tool
 
 
 @pytest.mark.slow
