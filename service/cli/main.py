@@ -96,29 +96,15 @@ def train(
 ) -> None:
     """Train a policy on an environment in this process (no server needed), or in
     several (`--nproc-per-node`, or started by torchrun)."""
-    from envs.registry import InvalidEnvConfig, UnknownEnvironment
     from trainer.loop import train as run_training
-    from trainer.model import ModelNotFound
-    from trainer.presets import merge, parse_assignment, preset
+    from trainer.presets import merge
 
     overrides: dict[str, Any] = load_config_file(config) if config else {}
     flags = {"env": env, "model": model, "steps": steps, "seed": seed}
     overrides = merge(overrides, {k: v for k, v in flags.items() if v is not None})
     if lr is not None:
         overrides = merge(overrides, {"optim": {"lr": lr}})
-    try:
-        for assignment in set_ or []:
-            overrides = merge(overrides, parse_assignment(assignment))
-        cfg = preset(algorithm, overrides)  # type: ignore[arg-type]
-        check_inputs(cfg)
-    except (
-        ValueError,
-        ValidationError,
-        UnknownEnvironment,
-        InvalidEnvConfig,
-        ModelNotFound,
-    ) as exc:
-        raise fail(str(exc)) from exc
+    cfg = checked_config(algorithm, overrides, set_)
 
     if nproc_per_node is not None:
         launch.relaunch(nproc_per_node)
@@ -193,28 +179,14 @@ def probe(
     `POST /v1/environments/{name}/probe`)."""
     from dataclasses import asdict
 
-    from envs.registry import InvalidEnvConfig, UnknownEnvironment
-    from trainer.model import ModelNotFound
-    from trainer.presets import merge, parse_assignment, preset
+    from trainer.presets import merge
     from trainer.probe import probe as run_probe
 
     overrides: dict[str, Any] = load_config_file(config) if config else {}
     overrides = merge(overrides, {"env": env, "model": model})
     if n is not None:
         overrides = merge(overrides, {"samples_per_prompt": n})
-    try:
-        for assignment in set_ or []:
-            overrides = merge(overrides, parse_assignment(assignment))
-        cfg = preset("sdpo", overrides)
-        check_inputs(cfg)
-    except (
-        ValueError,
-        ValidationError,
-        UnknownEnvironment,
-        InvalidEnvConfig,
-        ModelNotFound,
-    ) as exc:
-        raise fail(str(exc)) from exc
+    cfg = checked_config("sdpo", overrides, set_)
     log_through_console("warning")
     with console.status(f"probing {cfg.env} with {cfg.model}"):
         try:
@@ -241,6 +213,31 @@ def probe(
             "no sample got a teacher signal (no feedback, no successful sibling): "
             "self-distillation has nothing to learn from here"
         )
+
+
+def checked_config(
+    algorithm: str, overrides: dict[str, Any], assignments: list[str] | None
+) -> RunConfig:
+    """The preset of `algorithm` with `overrides` and the `--set` `assignments` on top,
+    checked (check_inputs); anything wrong with it is a usage error, not a traceback."""
+    from envs.registry import InvalidEnvConfig, UnknownEnvironment
+    from trainer.model import ModelNotFound
+    from trainer.presets import merge, parse_assignment, preset
+
+    try:
+        for assignment in assignments or []:
+            overrides = merge(overrides, parse_assignment(assignment))
+        cfg = preset(algorithm, overrides)  # type: ignore[arg-type]
+        check_inputs(cfg)
+    except (
+        ValueError,
+        ValidationError,
+        UnknownEnvironment,
+        InvalidEnvConfig,
+        ModelNotFound,
+    ) as exc:
+        raise fail(str(exc)) from exc
+    return cfg
 
 
 def check_inputs(cfg: RunConfig) -> None:
