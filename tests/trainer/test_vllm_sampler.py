@@ -91,6 +91,16 @@ def assert_agrees(policy, sampler, tokenizer, temperature: float) -> int:
     return checked
 
 
+def perturbed(policy: torch.nn.Module, seed: int, only: str = "") -> torch.nn.Module:
+    """`policy` with noise added to its parameters (those whose name holds `only`)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if only in name:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return policy.eval()
+
+
 def trained_steps(cfg: RunConfig, out_dir) -> tuple[dict, list[dict]]:
     """Run `cfg` with `opsd train`'s loop: its summary and its steps' records (not the
     step-0 evaluation's)."""
@@ -138,12 +148,8 @@ def test_new_weights_reach_the_engine(tiny, sampler):
     """After `sync`, the engine's log-probs are those of the changed policy, not of the
     checkpoint it was loaded from; a LoRA policy's weights arrive merged."""
     _, tokenizer = tiny
-    changed, _ = load_policy("tiny")
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        for parameter in changed.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    sampler.sync(changed.eval())
+    changed = perturbed(load_policy("tiny")[0], seed=0)
+    sampler.sync(changed)
     assert sampler.sync_seconds is not None
     assert_agrees(changed, sampler, tokenizer, 1.0)
 
@@ -172,13 +178,8 @@ def test_a_lora_policys_engine_gets_each_new_adapter_alone(tiny, tmp_path):
         resolve_model("tiny"), tokenizer, ENGINE, lora_rank=4, adapter_dir=tmp_path
     )
     try:
-        generator = torch.Generator().manual_seed(3)
-        for _ in range(2):
-            with torch.no_grad():
-                for name, parameter in adapted.named_parameters():
-                    if "lora_" in name:
-                        parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-            engine.sync(adapted.eval())
+        for version in range(2):
+            engine.sync(perturbed(adapted, seed=3 + version, only="lora_"))
             assert_agrees(adapted, engine, tokenizer, 1.0)
             assert len(list(tmp_path.iterdir())) == 1  # the adapter it samples with, alone
     finally:
@@ -275,12 +276,8 @@ def test_a_servers_samples_and_log_probs_agree_with_the_trainers(tiny, on_server
 def test_new_weights_reach_the_server(tiny, on_server):
     """The server reloads what `sync` wrote; the next samples are the new policy's."""
     original, tokenizer = tiny
-    changed, _ = load_policy("tiny")
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(2)
-        for parameter in changed.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    on_server.sync(changed.eval())
+    changed = perturbed(load_policy("tiny")[0], seed=2)
+    on_server.sync(changed)
     assert_agrees(changed, on_server, tokenizer, 1.0)
     assert len(list(on_server.weights_dir.iterdir())) == 1  # the last weights only
     on_server.sync(original)
@@ -314,13 +311,8 @@ def test_a_lora_adapter_reaches_the_server_under_one_name(tiny, on_server, serve
     adapted, _ = load_policy("tiny", lora=lora)
     sampler = ServerSampler(server, "tiny", tokenizer, tmp_path, adapters=True)
     try:
-        generator = torch.Generator().manual_seed(4)
-        for _ in range(2):
-            with torch.no_grad():
-                for name, parameter in adapted.named_parameters():
-                    if "lora_" in name:
-                        parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-            sampler.sync(adapted.eval())
+        for version in range(2):
+            sampler.sync(perturbed(adapted, seed=4 + version, only="lora_"))
             assert_agrees(adapted, sampler, tokenizer, 1.0)
             (folder,) = tmp_path.iterdir()  # the adapter it samples with, alone
             assert (folder / "adapter_model.safetensors").exists()
@@ -347,16 +339,6 @@ def test_a_lora_run_on_a_server_pushes_adapters_and_stays_on_policy(
     )
     gaps = gaps_of(trained_steps(cfg, tmp_path)[1])
     assert len(gaps) == 3 and max(gaps) < TOLERANCE, gaps
-
-
-def perturbed(policy: torch.nn.Module, seed: int, only: str = "") -> torch.nn.Module:
-    """`policy` with noise added to its parameters (those whose name holds `only`)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in policy.named_parameters():
-            if only in name:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return policy.eval()
 
 
 def test_a_sampling_copy_on_a_server_holds_no_policy_and_loads_checkpoints_from_files(
