@@ -47,7 +47,7 @@ from service.bus import make_bus
 from service.environments.endpoints import router as environments_router
 from service.health import router as health_router
 from service.pipeline.process import PipelineProcess, lower_priority, start_pipeline
-from service.runs.cache import ReadCache
+from service.runs.cache import CachedReads, ReadCache
 from service.runs.endpoints import router as runs_router
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         swagger_ui_parameters={"validatorUrl": None},  # no call to an outside validator
     )
     app.state.metrics = AppMetrics()
+    app.add_middleware(CachedReads)  # innermost: after the edge's checks, before routing
     app.add_middleware(
         EdgeGuard,
         settings=settings,

@@ -84,6 +84,15 @@ class Settings(BaseSettings):
         le=100_000,
         description="answers to run reads the API keeps until the run changes (0: none)",
     )
+    read_freshness_s: float = Field(
+        0.1,
+        ge=0,
+        le=60,
+        description="how long the API trusts the version of a run it looked up before it "
+        "looks again: a read may show the record this many seconds late (0: look up on "
+        "every read); changes made through this API process and events it streams show at "
+        "once",
+    )
     bus_prefix: str = Field("opsd", description="key prefix of everything on the bus")
     checkpoint_keep: int = Field(
         2, ge=1, description="latest per-step checkpoints kept besides the evaluated ones"

@@ -11,6 +11,16 @@ from tiny.pretrain import PretrainConfig
 
 
 @pytest.fixture(autouse=True, scope="session")
+def reads_show_the_record_at_once():
+    """Tests write the record beside the API (a repository, a worker) and read it back
+    through the API at once: the API looks the record's version up on every read. The
+    tests of `read_freshness_s` itself, and the browser tests, set it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPSD_READ_FRESHNESS_S", "0")
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Tiny models run fastest on one thread, most of all on a machine shared with a job."""
     threads = torch.get_num_threads()

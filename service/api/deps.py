@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 
 from service.bus import Bus
 from service.environments.service import PolicyCache
-from service.runs.cache import ReadCache
+from service.runs.cache import ReadCache, Versions
+from service.runs.series import SeriesCache
 from service.settings import Settings
 from service.storage import Repository
 
@@ -37,7 +38,13 @@ class Services:
     pipeline: PipelineProcess | None = None  # both of the above, in a child process
     policies: PolicyCache = field(default_factory=PolicyCache)  # models loaded for `try`
     reads: ReadCache = field(default_factory=ReadCache)  # answers to run reads, per version
+    versions: Versions | None = None  # the record's version per run, looked up at most so often
+    series: SeriesCache = field(default_factory=SeriesCache)  # metric series read so far
     schema_head: str | None = None  # the Alembic head revision the code expects
+
+    def __post_init__(self) -> None:
+        if self.versions is None:
+            self.versions = Versions(self.repo.read_version, self.settings.read_freshness_s)
 
     def wake_orchestrator(self) -> None:
         """Tell the orchestrator a run changed (created, stopped, resumed, cancelled)."""
@@ -63,12 +70,7 @@ def get_bus(request: Request) -> Bus:
     return get_services(request).bus
 
 
-def get_reads(request: Request) -> ReadCache:
-    return get_services(request).reads
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepoDep = Annotated[Repository, Depends(get_repo)]
 BusDep = Annotated[Bus, Depends(get_bus)]
-ReadsDep = Annotated[ReadCache, Depends(get_reads)]

@@ -2,26 +2,26 @@
 
 Repository calls block (SQLAlchemy sessions), so plain `def` routes run in the
 threadpool; routes that also touch the bus or the orchestrator are `async` and move
-the repository call off the event loop themselves. Reads answer from `ReadCache` while
-the run has not changed (service.runs.cache).
+the repository call off the event loop themselves. Reads of a run that has not changed
+are answered before they reach a route (service.runs.cache.CachedReads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
+import orjson
 from anyio import to_thread
 from fastapi import APIRouter, Header, Path, Query, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from service.api.deps import BusDep, ReadsDep, RepoDep, Services, ServicesDep, SettingsDep
+from service.api.deps import BusDep, RepoDep, Services, ServicesDep
 from service.api.errors import error_responses
 from service.pipeline.runtime import emit
 from service.runs import archive, service
-from service.runs.cache import ReadCache
 from service.runs.events import follow_run
 from service.runs.schemas import (
     MAX_INT32,
@@ -37,7 +37,7 @@ from service.runs.schemas import (
     Trajectory,
     TrajectoryList,
 )
-from service.storage import Repository, RunStatus
+from service.storage import RunStatus
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -64,20 +64,20 @@ SSE_EVENT_SCHEMA = {
 CONTROL_ERRORS = error_responses(401, 404, 409, 422)
 
 
-def cached(
-    reads: ReadCache, repo: Repository, run_id: int | None, key: Hashable, build: Callable
-) -> Response:
-    """`build()` (a model, or plain data) as JSON, or the same answer kept from an
-    earlier call while the run (None: the run list) has not changed since."""
+# Trajectories are written once, with their token scores, and never changed; a run's are
+# numbered in the order they are written (one writer per run, holding the run's row).
+IMMUTABLE = {"Cache-Control": "private, max-age=86400, immutable"}
 
-    def body() -> bytes:
-        answer = build()
-        if isinstance(answer, BaseModel):
-            return answer.model_dump_json().encode()
-        return JSONResponse(answer).body
 
-    version = repo.read_version(run_id)
-    return Response(reads.get(key, version, body), media_type="application/json")
+def answer(build: Callable, final: Callable[[Any], bool] = lambda built: False) -> Response:
+    """`build()` (a model, or plain data: orjson writes it) as JSON, marked immutable when
+    `final(built)`.
+    Kept answers are served in front of the routes (service.runs.cache.CachedReads); a
+    route builds afresh."""
+    built = build()
+    headers = IMMUTABLE if final(built) else None
+    body = built.model_dump_json() if isinstance(built, BaseModel) else orjson.dumps(built)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.post("", status_code=201, response_model=Run, responses=error_responses(400, 401, 422))
@@ -94,15 +94,13 @@ async def create_run(body: RunCreate, services: ServicesDep) -> Run:
 @router.get("", response_model=RunList, responses=error_responses(400, 422))
 def list_runs(
     repo: RepoDep,
-    reads: ReadsDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     status: Annotated[RunStatus | None, Query(description="only runs in this state")] = None,
 ) -> Response:
     """Runs, newest first, a page at a time; each without its configuration (see
     `GET /v1/runs/{run_id}`)."""
-    key = ("runs", limit, cursor, status)
-    return cached(reads, repo, None, key, lambda: service.list_runs(repo, limit, cursor, status))
+    return answer(lambda: service.list_runs(repo, limit, cursor, status))
 
 
 @router.get("/config-schema", response_model=RunConfigSchema)
@@ -113,8 +111,8 @@ def run_config_schema() -> RunConfigSchema:
 
 
 @router.get("/{run_id}", response_model=Run, responses=READ_ERRORS)
-def get_run(run_id: RunId, repo: RepoDep, reads: ReadsDep) -> Response:
-    return cached(reads, repo, run_id, ("run", run_id), lambda: service.get_run(repo, run_id))
+def get_run(run_id: RunId, repo: RepoDep) -> Response:
+    return answer(lambda: service.get_run(repo, run_id))
 
 
 EVENT_OF = {"stop": "stopped", "resume": "resumed", "cancel": "cancelled"}
@@ -148,8 +146,7 @@ async def cancel_run(run_id: RunId, services: ServicesDep) -> Run:
 @router.get("/{run_id}/metrics", response_model=MetricsSeries, responses=READ_ERRORS)
 def run_metrics(
     run_id: RunId,
-    repo: RepoDep,
-    reads: ReadsDep,
+    services: ServicesDep,
     points: Annotated[
         int,
         Query(
@@ -163,10 +160,8 @@ def run_metrics(
     """Per-step training metrics and held-out accuracy (`eval_accuracy`)."""
     # Serialised directly: the series are plain numbers the repository already checked,
     # and validating every point again costs more than the query (a dashboard polls this).
-    key = ("metrics", run_id, points)
-    return cached(
-        reads, repo, run_id, key, lambda: {"series": service.metrics(repo, run_id, points)}
-    )
+    repo, series = services.repo, services.series
+    return answer(lambda: {"series": service.metrics(repo, run_id, points, series)})
 
 
 @router.get(
@@ -177,7 +172,6 @@ def run_metrics(
 def list_trajectories(
     run_id: RunId,
     repo: RepoDep,
-    reads: ReadsDep,
     step: Annotated[int | None, Query(ge=0, le=MAX_INT32)] = None,
     verdict: Annotated[str | None, Query(max_length=32, examples=["wrong_answer"])] = None,
     limit: Limit = 50,
@@ -190,15 +184,12 @@ def list_trajectories(
     ] = None,
 ) -> Response:
     """Scored responses in the order they were written (step, task, sample)."""
-    key = ("trajectories", run_id, step, verdict, limit, cursor, min_reward, max_reward)
-    return cached(
-        reads,
-        repo,
-        run_id,
-        key,
+    # A page with a next page never changes: later trajectories come after that one.
+    return answer(
         lambda: service.list_trajectories(
             repo, run_id, step, verdict, limit, cursor, min_reward, max_reward
         ),
+        final=lambda page: page.next_cursor is not None,
     )
 
 
@@ -209,19 +200,14 @@ def get_trajectory(
     run_id: RunId,
     trajectory_id: Annotated[int, Path(ge=1, le=MAX_INT64)],
     repo: RepoDep,
-    reads: ReadsDep,
 ) -> Response:
     """One trajectory with its per-token teacher-student log-ratios (null until trained)."""
-    key = ("trajectory", run_id, trajectory_id)
-    return cached(
-        reads, repo, run_id, key, lambda: service.get_trajectory(repo, run_id, trajectory_id)
-    )
+    return answer(lambda: service.get_trajectory(repo, run_id, trajectory_id), final=lambda _: True)
 
 
 @router.get("/{run_id}/checkpoints", response_model=CheckpointList, responses=READ_ERRORS)
-def list_checkpoints(run_id: RunId, repo: RepoDep, reads: ReadsDep) -> Response:
-    key = ("checkpoints", run_id)
-    return cached(reads, repo, run_id, key, lambda: service.checkpoints(repo, run_id))
+def list_checkpoints(run_id: RunId, repo: RepoDep) -> Response:
+    return answer(lambda: service.checkpoints(repo, run_id))
 
 
 @router.get(
@@ -275,9 +261,7 @@ async def recent_feedback(
 )
 async def run_events(
     run_id: RunId,
-    repo: RepoDep,
-    bus: BusDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     after: Annotated[int, Query(ge=0, le=MAX_INT64, description="replay events after this id")] = 0,
     last_event_id: Annotated[
         int | None,
@@ -292,8 +276,10 @@ async def run_events(
     ] = False,
 ) -> EventSourceResponse:
     """The run's events: those recorded so far, then new ones until the run ends."""
+    repo, bus, settings = services.repo, services.bus, services.settings
     await to_thread.run_sync(repo.get_run, run_id)  # 404 before the stream starts
     start = last_event_id if last_event_id is not None else after
     if tail and last_event_id is None and after == 0:
         start = (await to_thread.run_sync(repo.read_version, run_id))[1]
-    return EventSourceResponse(follow_run(repo, run_id, start, settings.poll_s, bus))
+    events = follow_run(repo, run_id, start, settings.poll_s, bus, services.versions.saw_event)
+    return EventSourceResponse(events)

@@ -17,7 +17,7 @@ benchmarks/README.md "Live events" measures both.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 import anyio
@@ -54,14 +54,22 @@ def poll(
 
 
 async def follow_run(
-    repo: Repository, run_id: int, after: int, poll_s: float, bus: Bus | None = None
+    repo: Repository,
+    run_id: int,
+    after: int,
+    poll_s: float,
+    bus: Bus | None = None,
+    seen: Callable[[int, int], None] | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Every event of `run_id` with an id above `after`, oldest first, then new ones as
     they are recorded until the run ends: read when `bus` announces one, and every
-    FALLBACK_POLLS * `poll_s` seconds besides; without a bus every `poll_s` seconds."""
+    FALLBACK_POLLS * `poll_s` seconds besides; without a bus every `poll_s` seconds.
+    `seen(run_id, event_id)` is told of each event before it is sent."""
     announced = await subscribe(bus, run_id)
     try:
-        async for message in _follow(repo, run_id, after, poll_s, announced):
+        async for event_id, message in _follow(repo, run_id, after, poll_s, announced):
+            if seen is not None:
+                seen(run_id, event_id)
             yield message
     finally:
         if announced is not None:
@@ -90,7 +98,7 @@ async def subscribe(bus: Bus | None, run_id: int) -> EventStream | None:
 
 async def _follow(
     repo: Repository, run_id: int, after: int, poll_s: float, announced: EventStream | None
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[tuple[int, ServerSentEvent]]:
     last_kind: str | None = None
     grace = False
     with_status = True
@@ -100,7 +108,7 @@ async def _follow(
         # event is in the record already: reading the events alone finds it.
         status, events = await to_thread.run_sync(poll, repo, run_id, after, with_status)
         for event in events:
-            yield to_message(event)
+            yield event.id, to_message(event)
             after, last_kind = event.id, event.kind
         if len(events) == BATCH:
             continue

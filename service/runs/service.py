@@ -8,7 +8,6 @@ as one `RunConfig` (one configuration model, no drifting copy: docs/contributing
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from service.environments.service import all_finite, check_model, register_kind,
 from service.runs import schemas
 from service.runs.errors import InvalidRunConfig
 from service.runs.schemas import MAX_INT64
+from service.runs.series import SeriesCache
 from service.settings import Settings
 from service.storage import InvalidCursor, NotFound, Repository, RunStatus
 from service.storage import models as orm
@@ -40,7 +40,6 @@ TRANSITIONS: dict[str, tuple[tuple[RunStatus, ...], RunStatus]] = {
 }
 # Set from the request's own fields, never from `config`.
 RESERVED_CONFIG_KEYS = ("env", "env_config", "model")
-STEPS_PER_S_WINDOW = 10  # steps the `steps_per_s` series averages over
 
 
 def build_config(body: schemas.RunCreate, kind: str, env_config: dict[str, Any]) -> RunConfig:
@@ -179,34 +178,13 @@ def to_summary(
 # --- what a run produced ---
 
 
-def metrics(repo: Repository, run_id: int, points: int) -> dict[str, list[tuple[int, float]]]:
+def metrics(
+    repo: Repository, run_id: int, points: int, cache: SeriesCache
+) -> dict[str, list[tuple[int, float]]]:
     """`{metric: [(step, value), ...]}`, each series thinned to at most `points`: the
     recorded metrics, `eval_accuracy` and the throughput `steps_per_s`."""
     repo.get_run(run_id)
-    series = repo.metrics_series(run_id)
-    if rates := steps_per_second(repo.step_times(run_id)):
-        series["steps_per_s"] = rates
-    return {name: thin(values, points) for name, values in series.items()}
-
-
-def steps_per_second(times: list[tuple[int, datetime]]) -> list[tuple[int, float]]:
-    """`(step, steps recorded per second over the STEPS_PER_S_WINDOW steps up to it)`,
-    from when each step was recorded; from the second step on."""
-    rates = []
-    for i in range(1, len(times)):
-        first = max(0, i - STEPS_PER_S_WINDOW)
-        seconds = (times[i][1] - times[first][1]).total_seconds()
-        if seconds > 0:
-            rates.append((times[i][0], (i - first) / seconds))
-    return rates
-
-
-def thin(series: list, points: int) -> list:
-    """At most `points` items, evenly spaced, the first and the last always among them."""
-    if len(series) <= points:
-        return series
-    last = len(series) - 1
-    return [series[round(i * last / (points - 1))] for i in range(points)]
+    return cache.series(repo, run_id, points)
 
 
 def list_trajectories(

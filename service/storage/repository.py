@@ -466,6 +466,19 @@ class Repository:
             series["eval_accuracy"] = evaluations
         return series
 
+    def steps_after(
+        self, run_id: int, after: int
+    ) -> list[tuple[int, dict[str, float | None], datetime]]:
+        """`(step, metrics, recorded at)` of the run's steps after step `after`, in step
+        order (non-finite values are null)."""
+        query = (
+            select(Step.step, Step.metrics, Step.created_at)
+            .where(Step.run_id == run_id, Step.step > after)
+            .order_by(Step.step)
+        )
+        with self.sessions() as s:
+            return [(step, metrics, at) for step, metrics, at in s.execute(query)]
+
     def step_times(self, run_id: int) -> list[tuple[int, datetime]]:
         """`(step, when it was recorded)` in step order."""
         query = select(Step.step, Step.created_at).where(Step.run_id == run_id)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.runs.service import steps_per_second
+from service.runs.series import steps_per_second
 
 from ..records import set_status
 from .helpers import error_of, make_run, record_step

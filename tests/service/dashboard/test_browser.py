@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from service.client import Client
-from service.runs.service import thin
+from service.runs.series import thin
 from service.settings import Settings
 
 from ..api.helpers import make_run, trajectory
@@ -81,7 +81,9 @@ def browser(artifacts) -> Iterator[webdriver.Chrome]:
 def server(tmp_path_factory) -> Iterator[LiveServer]:
     """A training server: embedded (SQLite, in-process bus), the pipeline in its child."""
     data = tmp_path_factory.mktemp("dashboard-server")
-    settings = Settings(data_dir=data, device="cpu", poll_s=0.05, heartbeat_s=0.5)
+    settings = Settings(
+        data_dir=data, device="cpu", poll_s=0.05, heartbeat_s=0.5, read_freshness_s=0.1
+    )
     with LiveServer(settings, background=True) as live:
         yield live
 
