@@ -444,9 +444,9 @@ def main() -> None:
     print(f"machine after: {machine()}", flush=True)
     print(
         "\n| mode | quiet steps/s | loaded steps/s | ratio | p50 ms | p99 ms | req/s | errors "
-        "| create->running ms |"
+        "| create ms | pick-up ms |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, s in rows:
         print(
             f"| {mode} | {s['quiet_steps_s']:.2f} | {s['load_steps_s']:.2f} | {s['ratio']:.2f} "

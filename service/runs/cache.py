@@ -52,13 +52,21 @@ CACHED_PATHS = re.compile(
 
 class ReadCache:
     """A bounded LRU of `key -> (version, answer)`; an answer is anything with a `body`
-    (bytes), and one kept at version `FINAL` matches every version. Used from the event
-    loop only. `max_entries=0` keeps nothing."""
+    (bytes), and one kept at version `FINAL` matches every version. At most
+    `max_entries` answers of at most `max_body_bytes` each and `max_total_bytes` in all.
+    Used from the event loop only. `max_entries=0` keeps nothing."""
 
-    def __init__(self, max_entries: int = 512, max_body_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        max_entries: int = 512,
+        max_body_bytes: int = 1 << 20,
+        max_total_bytes: int = 64 << 20,
+    ) -> None:
         self.max_entries, self.max_body_bytes = max_entries, max_body_bytes
+        self.max_total_bytes = max_total_bytes
         self.hits = self.misses = 0
         self._entries: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
+        self._bytes = 0
 
     def get(self, key: Hashable, version: Hashable) -> Any | None:
         """The answer kept for `key` at `version`, or None."""
@@ -74,10 +82,12 @@ class ReadCache:
         """Keep `answer` for `key` at `version` when it is small enough."""
         if not self.max_entries or len(answer.body) > self.max_body_bytes:
             return
+        if (old := self._entries.pop(key, None)) is not None:
+            self._bytes -= len(old[1].body)
         self._entries[key] = (version, answer)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._bytes += len(answer.body)
+        while len(self._entries) > self.max_entries or self._bytes > self.max_total_bytes:
+            self._bytes -= len(self._entries.popitem(last=False)[1][1].body)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -91,6 +101,7 @@ class Versions:
 
     def __init__(self, lookup: Callable[[int | None], tuple[int, int]], freshness_s: float) -> None:
         self.lookup, self.freshness_s = lookup, freshness_s
+        self.max_runs = 4096  # versions remembered at most
         self.lookups = 0
         self._known: dict[int | None, tuple[float, tuple[int, int]]] = {}
         self._pending: dict[int | None, asyncio.Future] = {}
@@ -112,6 +123,8 @@ class Versions:
         self.lookups += 1
         version = await to_thread.run_sync(self.lookup, run_id)
         if generation == self._generation:
+            if len(self._known) >= self.max_runs:  # ids a client made up, say
+                self._known.clear()
             self._known[run_id] = (began, version)
         return version
 

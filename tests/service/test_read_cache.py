@@ -38,6 +38,19 @@ def test_the_least_recently_read_answer_goes_first():
     assert len(cache) == 2
 
 
+def test_answers_are_kept_up_to_a_total_size():
+    cache = ReadCache(max_total_bytes=10)
+    for key in "abc":
+        cache.put(key, 1, Answer(b"four"))
+    assert cache.get("a", 1) is None  # 12 bytes: the oldest went
+    assert cache.get("c", 1) == Answer(b"four")
+    cache.put("c", 2, Answer(b"sixsix"))  # replaced, not added
+    assert [cache.get(key, v) for key, v in (("b", 1), ("c", 2))] == [
+        Answer(b"four"),
+        Answer(b"sixsix"),
+    ]
+
+
 def test_large_answers_and_a_cache_of_size_zero_keep_nothing():
     big = ReadCache(max_body_bytes=3)
     big.put("k", 1, Answer(b"four"))
@@ -136,5 +149,21 @@ def test_an_event_newer_than_the_remembered_version_forgets_it():
         assert await versions.get(3) == (3, 10)
         versions.saw_event(3, 11)
         assert await versions.get(3) == (3, 11)
+
+    asyncio.run(scenario())
+
+
+def test_versions_of_at_most_max_runs_are_remembered():
+    record = Record()
+    versions = Versions(record.read_version, freshness_s=60)
+    versions.max_runs = 3
+
+    async def scenario() -> None:
+        for run in range(1, 11):
+            await versions.get(run)
+        assert len(versions._known) <= 3
+        calls = record.calls
+        await versions.get(10)  # the newest is still remembered
+        assert record.calls == calls
 
     asyncio.run(scenario())
