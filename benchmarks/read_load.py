@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -41,6 +42,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -347,12 +349,26 @@ async def load(svc: Service, run_id: int, args) -> tuple[Tally, float]:
 # --- one mode, several repeats ----------------------------------------------------------------
 
 
+def readers(svc: Service, run_id: int, args) -> tuple[Tally, float]:
+    """The load window; with `--readers-nice`, in a process of that lower priority (as
+    if the readers were on other machines, which is where a dashboard's are)."""
+    if not args.readers_nice:
+        return asyncio.run(load(svc, run_id, args))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(niced_load, args.readers_nice, svc.url, run_id, args).result()
+
+
+def niced_load(niceness: int, url: str, run_id: int, args) -> tuple[Tally, float]:
+    os.nice(niceness)
+    return asyncio.run(load(Service(url, ""), run_id, args))
+
+
 def one_repeat(svc: Service, record: Record, run_id: int, args) -> dict:
     began = now()
     time.sleep(args.quiet)
     quiet = record.steps_per_s(run_id, began, now())
     began = now()
-    tally, seconds = asyncio.run(load(svc, run_id, args))
+    tally, seconds = readers(svc, run_id, args)
     loaded = record.steps_per_s(run_id, began, now())
     latencies = tally.all()
     return {
@@ -422,6 +438,14 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=50)
     parser.add_argument("--streams", type=int, default=5)
     parser.add_argument("--think-ms", type=float, default=0.0, help="a reader's pause")
+    parser.add_argument(
+        "--readers-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0-19",
+        help="run the readers at this lower CPU priority (0: as training)",
+    )
     parser.add_argument("--extra-runs", type=int, default=20, help="cancelled runs in the list")
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument(
