@@ -85,27 +85,19 @@ class RunPolicy:
         local = Path(resolve_model(cfg.model, model_access))
         if not train and cfg.sampling.backend == "server" and local.is_dir():
             # the server holds the weights; it gets them from the model's files
-            tokenizer = load_tokenizer(cfg.model, model_access)
-            return cls(
-                cfg=cfg,
-                policy=None,
-                tokenizer=tokenizer,
-                env=env,
-                builder=TeacherContextBuilder(tokenizer, cfg.context),
-                sampler=make_sampler(cfg, None, tokenizer, model_access, sampler_dir),
-                learner=None,
-                weights=local,
-            )
-        policy, tokenizer = open_policy(cfg, world.device(device), model_access)
-        sampler = make_sampler(cfg, policy, tokenizer, model_access, sampler_dir)
+            policy, tokenizer, weights = None, load_tokenizer(cfg.model, model_access), local
+        else:
+            policy, tokenizer = open_policy(cfg, world.device(device), model_access)
+            weights = None
         return cls(
             cfg=cfg,
             policy=policy,
             tokenizer=tokenizer,
             env=env,
             builder=TeacherContextBuilder(tokenizer, cfg.context),
-            sampler=sampler,
+            sampler=make_sampler(cfg, policy, tokenizer, model_access, sampler_dir),
             learner=Learner(policy, tokenizer.pad_token_id, cfg, world) if train else None,
+            weights=weights,
         )
 
     @property
