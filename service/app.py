@@ -47,7 +47,7 @@ from service.bus import make_bus
 from service.environments.endpoints import router as environments_router
 from service.health import router as health_router
 from service.pipeline.process import PipelineProcess, lower_priority, start_pipeline
-from service.runs.cache import CachedReads, ReadCache
+from service.runs.cache import CachedReads, ReadCache, Versions
 from service.runs.endpoints import router as runs_router
 from service.settings import Settings
 from service.storage import Repository, make_engine, make_sessionmaker
@@ -91,11 +91,13 @@ async def open_services(settings: Settings, *, background: bool) -> AsyncIterato
         stack.callback(engine.dispose)
         bus = make_bus(settings.redis_url, settings.bus_prefix)
         stack.push_async_callback(bus.aclose)
+        repo = Repository(make_sessionmaker(engine))
         services = Services(
             settings=settings,
             engine=engine,
-            repo=Repository(make_sessionmaker(engine)),
+            repo=repo,
             bus=bus,
+            versions=Versions(repo.read_version, settings.read_freshness_s),
             schema_head=schema_head(url),
             reads=ReadCache(settings.read_cache_entries),
         )

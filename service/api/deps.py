@@ -33,18 +33,14 @@ class Services:
     engine: Engine
     repo: Repository
     bus: Bus
+    versions: Versions  # the record's version per run, looked up at most so often
     orchestrator: Orchestrator | None = None  # None when the app was made without background
     worker: TrainerWorker | None = None  # the in-process trainer (embedded mode)
     pipeline: PipelineProcess | None = None  # both of the above, in a child process
     policies: PolicyCache = field(default_factory=PolicyCache)  # models loaded for `try`
     reads: ReadCache = field(default_factory=ReadCache)  # answers to run reads, per version
-    versions: Versions | None = None  # the record's version per run, looked up at most so often
     series: SeriesCache = field(default_factory=SeriesCache)  # metric series read so far
     schema_head: str | None = None  # the Alembic head revision the code expects
-
-    def __post_init__(self) -> None:
-        if self.versions is None:
-            self.versions = Versions(self.repo.read_version, self.settings.read_freshness_s)
 
     def wake_orchestrator(self) -> None:
         """Tell the orchestrator a run changed (created, stopped, resumed, cancelled)."""

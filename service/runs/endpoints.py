@@ -71,9 +71,8 @@ IMMUTABLE = {"Cache-Control": "private, max-age=86400, immutable"}
 
 def answer(build: Callable, final: Callable[[Any], bool] = lambda built: False) -> Response:
     """`build()` (a model, or plain data: orjson writes it) as JSON, marked immutable when
-    `final(built)`.
-    Kept answers are served in front of the routes (service.runs.cache.CachedReads); a
-    route builds afresh."""
+    `final(built)`. Kept answers are served in front of the routes
+    (service.runs.cache.CachedReads); a route builds afresh."""
     built = build()
     headers = IMMUTABLE if final(built) else None
     body = built.model_dump_json() if isinstance(built, BaseModel) else orjson.dumps(built)
