@@ -181,6 +181,7 @@ class RunDriver:
         self.evaluated: dict[int, float] | None = None  # step -> accuracy, as recorded
         self.guarded: int | None = None  # the last step the guards were asked about
         self.began = time.monotonic()
+        self.moved = asyncio.Event()  # set by `_listen` when the run's record may have moved
 
     async def drive(self) -> None:
         run = await asyncio.to_thread(self.repo.get_run, self.run_id)
@@ -191,10 +192,28 @@ class RunDriver:
             )
             await emit(self.repo, self.bus, self.run_id, "started", {"steps": plan.cfg.steps})
         self.policy = await asyncio.to_thread(self.open_policy, plan.cfg, self.settings.device)
+        listener = asyncio.create_task(self._listen(), name=f"run {self.run_id} events")
         try:
             await self._loop(plan)
         finally:
+            await cancel_and_wait(listener)
             await asyncio.to_thread(self.policy.close)
+
+    async def _listen(self) -> None:
+        """Set `moved` on every event of the run (a trained step, above all), so a driver
+        waiting for the trainer samples the next step as soon as it may, not at its next
+        poll of the record. The poll stays: an event lost on the bus costs one poll."""
+        while True:
+            try:
+                async with self.bus.subscribe_events(self.key) as events:
+                    self.moved.set()  # what happened before the subscription: look again
+                    async for _event in events:
+                        self.moved.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the bus is away: polling goes on meanwhile
+                log.debug("run %d: event subscription lost", self.run_id, exc_info=True)
+            await asyncio.sleep(self.settings.poll_s)
 
     async def _loop(self, plan: RunPlan) -> None:
         cfg = plan.cfg
@@ -207,6 +226,7 @@ class RunDriver:
             await republish_untrained(self.repo, self.bus, self.run_id)
         last_check = time.monotonic()
         while True:
+            self.moved.clear()  # before reading the record: what moves it after wakes us
             run = await asyncio.to_thread(self.repo.get_run, self.run_id)
             if run.status != RunStatus.running:
                 await self._left(run.status)
@@ -224,7 +244,8 @@ class RunDriver:
                     last_check = time.monotonic()
                     if await self.bus.ensure_group(self.key, TRAINERS):
                         await republish_untrained(self.repo, self.bus, self.run_id)
-                await asyncio.sleep(self.settings.poll_s / 4)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self.moved.wait(), timeout=self.settings.poll_s / 4)
                 continue
             await self._catch_up()
             await self._publish(plan, train_tasks, next_step)

@@ -322,6 +322,30 @@ async def test_two_orchestrators_drive_a_run_once(stack):
     assert [e.kind for e in repo.events_after(run.id)].count("batch") == STEPS
 
 
+async def test_a_driver_samples_the_next_step_when_the_trainer_reports_not_at_its_poll(stack):
+    """The orchestrator polls the record every `poll_s / 4` while the trainer trains; the
+    trained step's event wakes it first. With a 30 s poll, consecutive batches would be
+    at least 7.5 s apart without the wake (the driver sleeps right after publishing)."""
+    repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
+    cfg = config().model_copy(update={"eval": config().eval.model_copy(update={"every": 100})})
+    run = repo.create_run(env.id, cfg)
+    slow_poll = stack.settings.model_copy(update={"poll_s": 30.0})
+    orchestrator = Orchestrator(repo, stack.bus, slow_poll)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
+    await orchestrator.start()
+    await worker.start()
+    try:
+        await until(finished(repo, run.id))
+    finally:
+        await worker.aclose()
+        await orchestrator.aclose()
+    assert_trained_exactly_once(repo, run.id, STEPS)
+    sampled = [e.created_at for e in repo.events_after(run.id) if e.kind == "batch"]
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(sampled, sampled[1:])]
+    assert len(gaps) == STEPS - 1 and max(gaps) < slow_poll.poll_s / 4, gaps
+
+
 def sampled_tokens(repo: Repository, run_id: int, steps: int) -> list[list[list[int]]]:
     """Per step, the response token ids of its batch (as kept in the record)."""
     batches = [repo.get_batch(run_id, batch_id_for(run_id, s)) for s in range(1, steps + 1)]
