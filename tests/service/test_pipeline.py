@@ -11,6 +11,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 from transformers import AutoModelForCausalLM
@@ -342,7 +343,7 @@ async def test_a_driver_samples_the_next_step_when_the_trainer_reports_not_at_it
         await orchestrator.aclose()
     assert_trained_exactly_once(repo, run.id, STEPS)
     sampled = [e.created_at for e in repo.events_after(run.id) if e.kind == "batch"]
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(sampled, sampled[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(sampled)]
     assert len(gaps) == STEPS - 1 and max(gaps) < slow_poll.poll_s / 4, gaps
 
 
