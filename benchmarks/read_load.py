@@ -4,13 +4,18 @@ Starts the service as a user does: `opsd serve` alone (embedded: SQLite and the
 in-process bus), or `opsd serve` + `opsd worker` (distributed: a Postgres database and
 a Redis key prefix of its own, dropped afterwards). Creates a run of the tiny model long
 enough to outlast the measurement (and cancelled copies of it, so that the run list is
-a list), then, per repeat:
+a list), then measures training steps/s in a quiet window (nobody reading) and, per
+repeat:
 
-1. a quiet window: training steps/s with nobody reading;
-2. a load window: `--readers` concurrent readers, each looping over the pages a user
+1. a load window: `--readers` concurrent readers, each looping over the pages a user
    opens (the runs list, the run, its metrics, the next page of its trajectories, one
    trajectory; `--think-ms` between requests, 0 = back to back), plus `--streams` SSE
-   event streams of the run; training steps/s meanwhile.
+   event streams of the run; training steps/s meanwhile;
+2. another quiet window.
+
+A load window is compared with the mean of the quiet windows on either side of it: the
+speed of a shared virtual machine drifts over minutes (consecutive quiet windows of one
+run differ by up to 30% here), and a baseline taken on both sides cancels a steady drift.
 
 Steps/s come from the record (the `steps` rows' timestamps), not from the API under
 test. It reports the ratio of loaded to quiet steps/s, reader p50/p99 latency,
@@ -18,7 +23,7 @@ requests/s and errors (non-200 answers, transport errors, broken streams), the m
 over the repeats, and how long the first run's creation took and how long the run then
 waited for the pipeline to pick it up.
 
-    python benchmarks/read_load.py --mode both --repeats 3
+    python benchmarks/read_load.py --mode both --repeats 5
     python benchmarks/read_load.py --mode both --in-process      # the pipeline in the API process
     python benchmarks/read_load.py --mode both --source /tmp/main  # another checkout's server
 
@@ -363,16 +368,25 @@ def niced_load(niceness: int, url: str, run_id: int, args) -> tuple[Tally, float
     return asyncio.run(load(Service(url, ""), run_id, args))
 
 
-def one_repeat(svc: Service, record: Record, run_id: int, args) -> dict:
+def quiet_window(record: Record, run_id: int, seconds: float) -> float:
+    """Training steps/s while nobody reads."""
     began = now()
-    time.sleep(args.quiet)
-    quiet = record.steps_per_s(run_id, began, now())
+    time.sleep(seconds)
+    return record.steps_per_s(run_id, began, now())
+
+
+def one_repeat(svc: Service, record: Record, run_id: int, quiet_before: float, args) -> dict:
+    """A load window and the quiet window after it; the quiet baseline is the mean of the
+    windows before and after."""
     began = now()
     tally, seconds = readers(svc, run_id, args)
     loaded = record.steps_per_s(run_id, began, now())
+    quiet_after = quiet_window(record, run_id, args.quiet)
+    quiet = (quiet_before + quiet_after) / 2
     latencies = tally.all()
     return {
         "quiet_steps_s": quiet,
+        "quiet_before_after": [quiet_before, quiet_after],
         "load_steps_s": loaded,
         "ratio": loaded / quiet if quiet else float("nan"),
         "p50_ms": 1000 * quantile(latencies, 0.5),
@@ -400,8 +414,10 @@ def measure(mode: str, args) -> dict:
             run_id, create_s, wake_s = start_run(svc, record)
             record.add_cancelled_runs(run_id, args.extra_runs)
             wait_steps(record, run_id, args.warmup_steps)
+            quiet = quiet_window(record, run_id, args.quiet)
             for i in range(args.repeats):
-                repeats.append(one_repeat(svc, record, run_id, args))
+                repeats.append(one_repeat(svc, record, run_id, quiet, args))
+                quiet = repeats[-1]["quiet_before_after"][1]
                 print(f"{mode} repeat {i + 1}: {json.dumps(repeats[-1])}", flush=True)
         finally:
             record.engine.dispose()
@@ -434,7 +450,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["embedded", "distributed", "both"], default="both")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds under load")
     parser.add_argument("--quiet", type=float, default=20.0, help="seconds of the quiet window")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--readers", type=int, default=50)
     parser.add_argument("--streams", type=int, default=5)
     parser.add_argument("--think-ms", type=float, default=0.0, help="a reader's pause")

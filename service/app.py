@@ -103,7 +103,8 @@ async def open_services(settings: Settings, *, background: bool) -> AsyncIterato
         )
         if background and settings.pipeline_process:  # in a child process (pipeline_process)
             services.pipeline = await stack.enter_async_context(PipelineProcess(settings, bus))
-            lower_priority(settings.api_niceness)  # requests yield to the pipeline's work
+            yielded = lower_priority(settings)  # requests yield to the pipeline's work
+            log.info("request handling runs at %s", yielded)
         elif background:
             services.orchestrator, services.worker = await start_pipeline(
                 stack, services.repo, bus, settings

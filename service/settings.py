@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -58,12 +58,19 @@ class Settings(BaseSettings):
         "that request handling and the pipeline do not share one interpreter; False keeps "
         "them in the API process",
     )
+    api_scheduling: Literal["idle", "nice"] = Field(
+        "idle",
+        description="how request handling yields the CPU to sampling and training once the "
+        "pipeline runs in its own process: `idle`, the kernel's idle scheduling class "
+        "(Linux SCHED_IDLE: requests run on the CPU the pipeline leaves, and a waking "
+        "pipeline takes a core from them at once); `nice`, `api_niceness` lower priority",
+    )
     api_niceness: int = Field(
         10,
         ge=0,
         le=19,
-        description="how far the API process lowers its CPU priority (nice) once the pipeline "
-        "runs in its own process, so that request handling yields to sampling and training",
+        description="how far the API process lowers its CPU priority (nice) with "
+        "`api_scheduling` `nice`, or where the idle class is not available",
     )
     torch_threads: int | None = Field(
         None,

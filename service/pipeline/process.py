@@ -20,10 +20,14 @@ A pipeline process that exits is logged and restarted with a backoff; /readyz is
 ready until it is back.
 
 Training comes first: once the child runs, the API lowers its own CPU priority
-(`Settings.api_niceness`), so that readers hammering the API take the cores training
-leaves idle, not training's. On Linux a nice value belongs to a thread and is inherited
-by the threads and processes it starts, so the child is always started from a thread
-made before the API lowered its priority (`_spawner`).
+(`Settings.api_scheduling`), so that readers hammering the API take the cores training
+leaves idle, not training's. By default request handling moves to the kernel's idle
+scheduling class: a core that runs only requests counts as free when a pipeline thread
+wakes up, which then runs there at once, where a mere lower nice value still shares
+that core with it for a while (distributed, training under read load kept 0.89 of its
+speed in the idle class and 0.81 at nice 10: benchmarks/README.md). On Linux a thread's scheduling class and nice
+value are inherited by the threads and processes it starts, so the child is always
+started from a thread made before the API lowered its priority (`_spawner`).
 
 `Settings.pipeline_process = False` keeps everything in the API process (`start_pipeline`).
 """
@@ -81,10 +85,21 @@ async def start_pipeline(
     return orchestrator, worker
 
 
-def lower_priority(niceness: int) -> int:
-    """Make the calling thread, and the threads it starts from now on, `niceness` nicer
-    (lower priority); the nice value it has now."""
-    return os.nice(niceness)
+def lower_priority(settings: Settings) -> str:
+    """Make the calling thread, and the threads it starts from now on, yield the CPU as
+    `settings.api_scheduling` says; what it did, in words."""
+    if settings.api_scheduling == "idle":
+        if not hasattr(os, "SCHED_IDLE"):
+            log.info("no idle scheduling class on this system; lowering the nice value")
+        elif len(os.sched_getaffinity(0)) < 2:  # the pipeline takes the only core: it would starve
+            log.info("one CPU: request handling lowers its nice value, not its class")
+        else:
+            try:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+                return "idle scheduling class"
+            except OSError as error:
+                log.warning("no idle scheduling class here (%s); lowering the nice value", error)
+    return f"nice {os.nice(settings.api_niceness)}"
 
 
 def describe_exit(code: int | None) -> str:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,7 @@ import uvicorn
 
 from service.app import create_app
 from service.client import Client
+from service.pipeline.process import lower_priority
 from service.settings import Settings
 
 SMALL = {"prompts_per_step": 2, "samples_per_prompt": 2, "eval": {"size": 4}}
@@ -67,10 +69,20 @@ def children_of(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def server(tmp_path) -> Iterator[tuple[Client, object]]:
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5)
+
+
+@pytest.fixture
+def server(settings) -> Iterator[tuple[Client, object]]:
     """The default embedded app (background on) served by uvicorn in a thread: a Client
     and the app's Services."""
-    settings = Settings(data_dir=tmp_path / "data", device="cpu", poll_s=0.05, heartbeat_s=0.5)
+    with serving(settings) as served:
+        yield served
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[tuple[Client, object]]:
     app = create_app(settings, background=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
@@ -168,19 +180,65 @@ def test_a_crashed_pipeline_process_is_reported_and_restarted(server, caplog):
 
 
 def test_the_api_yields_the_cpu_to_its_pipeline_process_also_after_a_restart(server):
-    """Request handling runs 10 nicer (OPSD_API_NICENESS) than the pipeline, whose
-    processes, restarted ones too, keep the priority the API started with."""
+    """Request handling runs in the idle scheduling class (OPSD_API_SCHEDULING=idle, the
+    default); the pipeline's processes, restarted ones too, keep the class and priority
+    the API started with."""
     client, services = server
     pipeline = services.pipeline
-    started_with = os.getpriority(os.PRIO_PROCESS, 0)  # the uvicorn thread was made here
-    api = next(t for t in threading.enumerate() if t.name == "uvicorn")
-    assert os.getpriority(os.PRIO_PROCESS, api.native_id) == min(started_with + 10, 19)
-    assert os.getpriority(os.PRIO_PROCESS, pipeline.pid) == started_with
+    started_with = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
+    api = next(t for t in threading.enumerate() if t.name == "uvicorn")  # made here
+    assert os.sched_getscheduler(api.native_id) == os.SCHED_IDLE
+    assert started_with[0] != os.SCHED_IDLE
 
+    def scheduling(pid: int) -> tuple[int, int]:
+        return os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid)
+
+    assert scheduling(pipeline.pid) == started_with
     first = pipeline.pid
     os.kill(first, signal.SIGKILL)
     until(lambda: pipeline.pid != first and ready(client)["status"] == "ready", "restarted")
-    assert os.getpriority(os.PRIO_PROCESS, pipeline.pid) == started_with
+    assert scheduling(pipeline.pid) == started_with
+
+
+@pytest.mark.parametrize("niceness", [10, 19])
+def test_with_nice_scheduling_the_api_runs_that_much_nicer_than_its_pipeline(settings, niceness):
+    niced = settings.model_copy(update={"api_scheduling": "nice", "api_niceness": niceness})
+    started_with = os.getpriority(os.PRIO_PROCESS, 0)
+    with serving(niced) as (client, services):
+        api = next(t for t in threading.enumerate() if t.name == "uvicorn")
+        assert os.sched_getscheduler(api.native_id) == os.sched_getscheduler(0)
+        assert os.getpriority(os.PRIO_PROCESS, api.native_id) == min(started_with + niceness, 19)
+        assert os.getpriority(os.PRIO_PROCESS, services.pipeline.pid) == started_with
+        until(lambda: ready(client)["status"] == "ready", "the pipeline is ready")
+
+
+def on_a_new_thread(function: Callable[[], object]) -> object:
+    """`function()` on a thread of its own (scheduling changes die with it)."""
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(function()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_thread_that_may_use_one_cpu_only_lowers_its_nice_value(settings):
+    """The idle class on the only core the pipeline computes on would starve requests."""
+
+    def one_cpu() -> tuple[str, int, int, int]:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        yielded = lower_priority(settings)
+        return yielded, os.sched_getscheduler(0), before, os.getpriority(os.PRIO_PROCESS, 0)
+
+    def two_cpus() -> tuple[str, int]:
+        return lower_priority(settings), os.sched_getscheduler(0)
+
+    assert settings.api_scheduling == "idle"
+    yielded, policy, before, after = on_a_new_thread(one_cpu)
+    assert policy != os.SCHED_IDLE and yielded == f"nice {after}"
+    assert after == min(before + settings.api_niceness, 19)
+    assert on_a_new_thread(two_cpus) == ("idle scheduling class", os.SCHED_IDLE)
 
 
 def test_killing_the_api_process_ends_its_pipeline_process(tmp_path):
