@@ -355,16 +355,20 @@ async def load(svc: Service, run_id: int, args) -> tuple[Tally, float]:
 
 
 def readers(svc: Service, run_id: int, args) -> tuple[Tally, float]:
-    """The load window; with `--readers-nice`, in a process of that lower priority (as
-    if the readers were on other machines, which is where a dashboard's are)."""
-    if not args.readers_nice:
+    """The load window; with `--readers-nice` or `--readers-idle`, in a process of that
+    lower priority (as if the readers were on other machines, which is where a
+    dashboard's are)."""
+    if not args.readers_nice and not args.readers_idle:
         return asyncio.run(load(svc, run_id, args))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(niced_load, args.readers_nice, svc.url, run_id, args).result()
+        return pool.submit(niced_load, svc.url, run_id, args).result()
 
 
-def niced_load(niceness: int, url: str, run_id: int, args) -> tuple[Tally, float]:
-    os.nice(niceness)
+def niced_load(url: str, run_id: int, args) -> tuple[Tally, float]:
+    if args.readers_idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(args.readers_nice)
     return asyncio.run(load(Service(url, ""), run_id, args))
 
 
@@ -461,6 +465,11 @@ def main() -> None:
         choices=range(20),
         metavar="0-19",
         help="run the readers at this lower CPU priority (0: as training)",
+    )
+    parser.add_argument(
+        "--readers-idle",
+        action="store_true",
+        help="run the readers in Linux's idle scheduling class (as if on another machine)",
     )
     parser.add_argument("--extra-runs", type=int, default=20, help="cancelled runs in the list")
     parser.add_argument("--warmup-steps", type=int, default=5)
