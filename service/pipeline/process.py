@@ -23,11 +23,12 @@ Training comes first: once the child runs, the API lowers its own CPU priority
 (`Settings.api_scheduling`), so that readers hammering the API take the cores training
 leaves idle, not training's. By default request handling moves to the kernel's idle
 scheduling class: a core that runs only requests counts as free when a pipeline thread
-wakes up, which then runs there at once, where a mere lower nice value still shares
+wakes up, which then runs there at once, where a lower nice value alone still shares
 that core with it for a while (distributed, training under read load kept 0.89 of its
-speed in the idle class and 0.81 at nice 10: benchmarks/README.md). On Linux a thread's scheduling class and nice
-value are inherited by the threads and processes it starts, so the child is always
-started from a thread made before the API lowered its priority (`_spawner`).
+speed in the idle class and 0.81 at nice 10: benchmarks/README.md). On Linux a thread's
+scheduling class and nice value are inherited by the threads and processes it starts,
+so the child is always started from a thread made before the API lowered its priority
+(`_spawner`).
 
 `Settings.pipeline_process = False` keeps everything in the API process (`start_pipeline`).
 """
