@@ -15,7 +15,7 @@ repeat:
 
 A load window is compared with the mean of the quiet windows on either side of it: the
 speed of a shared virtual machine drifts over minutes (consecutive quiet windows of one
-run differ by up to a third here), and a baseline taken on both sides cancels a steady drift.
+run differ by up to 30% here), and a baseline taken on both sides cancels a steady drift.
 
 Steps/s come from the record (the `steps` rows' timestamps), not from the API under
 test. It reports the ratio of loaded to quiet steps/s, reader p50/p99 latency,
@@ -23,7 +23,7 @@ requests/s and errors (non-200 answers, transport errors, broken streams), the m
 over the repeats, and how long the first run's creation took and how long the run then
 waited for the pipeline to pick it up.
 
-    python benchmarks/read_load.py --mode both
+    python benchmarks/read_load.py --mode both --repeats 5
     python benchmarks/read_load.py --mode both --in-process      # the pipeline in the API process
     python benchmarks/read_load.py --mode both --source /tmp/main  # another checkout's server
 
@@ -361,10 +361,10 @@ def readers(svc: Service, run_id: int, args) -> tuple[Tally, float]:
     if not args.readers_nice and not args.readers_idle:
         return asyncio.run(load(svc, run_id, args))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(load_at_lower_priority, svc.url, run_id, args).result()
+        return pool.submit(niced_load, svc.url, run_id, args).result()
 
 
-def load_at_lower_priority(url: str, run_id: int, args) -> tuple[Tally, float]:
+def niced_load(url: str, run_id: int, args) -> tuple[Tally, float]:
     if args.readers_idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     else:

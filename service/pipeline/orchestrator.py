@@ -200,17 +200,15 @@ class RunDriver:
             await asyncio.to_thread(self.policy.close)
 
     async def _listen(self) -> None:
-        """Set `moved` on every event of the run but the driver's own batches (a trained
-        step, above all), so a driver waiting for the trainer samples the next step as
-        soon as it may, not at its next poll of the record. The poll stays: an event lost
-        on the bus costs one poll."""
+        """Set `moved` on every event of the run (a trained step, above all), so a driver
+        waiting for the trainer samples the next step as soon as it may, not at its next
+        poll of the record. The poll stays: an event lost on the bus costs one poll."""
         while True:
             try:
                 async with self.bus.subscribe_events(self.key) as events:
                     self.moved.set()  # what happened before the subscription: look again
-                    async for event in events:
-                        if event.get("kind") != "batch":  # our own: nothing new to look at
-                            self.moved.set()
+                    async for _event in events:
+                        self.moved.set()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the bus is away: polling goes on meanwhile

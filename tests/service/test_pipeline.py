@@ -114,15 +114,11 @@ def finished(repo: Repository, run_id: int):
     return check
 
 
-async def run_to_completion(
-    stack: Stack, cfg: RunConfig, during=None, orchestrator_settings: Settings | None = None
-) -> int:
-    """Create a run and drive it to completion with an orchestrator (of its own settings,
-    when given) and a trainer worker; its id."""
+async def run_to_completion(stack: Stack, cfg: RunConfig, during=None) -> int:
     repo = stack.repo
     env = repo.create_environment("arithmetic", "arithmetic", {})
     run = repo.create_run(env.id, cfg)
-    orchestrator = Orchestrator(repo, stack.bus, orchestrator_settings or stack.settings)
+    orchestrator = Orchestrator(repo, stack.bus, stack.settings)
     worker = TrainerWorker(repo, stack.bus, stack.settings)
     await orchestrator.start()
     await worker.start()
@@ -332,11 +328,21 @@ async def test_a_driver_samples_the_next_step_when_the_trainer_reports_not_at_it
     trained step's event wakes it first. With a 30 s poll, consecutive batches would be
     at least 7.5 s apart without the wake (the driver sleeps right after publishing)."""
     repo = stack.repo
+    env = repo.create_environment("arithmetic", "arithmetic", {})
     cfg = config().model_copy(update={"eval": config().eval.model_copy(update={"every": 100})})
+    run = repo.create_run(env.id, cfg)
     slow_poll = stack.settings.model_copy(update={"poll_s": 30.0})
-    run_id = await run_to_completion(stack, cfg, orchestrator_settings=slow_poll)
-    assert_trained_exactly_once(repo, run_id, STEPS)
-    sampled = [e.created_at for e in repo.events_after(run_id) if e.kind == "batch"]
+    orchestrator = Orchestrator(repo, stack.bus, slow_poll)
+    worker = TrainerWorker(repo, stack.bus, stack.settings)
+    await orchestrator.start()
+    await worker.start()
+    try:
+        await until(finished(repo, run.id))
+    finally:
+        await worker.aclose()
+        await orchestrator.aclose()
+    assert_trained_exactly_once(repo, run.id, STEPS)
+    sampled = [e.created_at for e in repo.events_after(run.id) if e.kind == "batch"]
     gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(sampled)]
     assert len(gaps) == STEPS - 1 and max(gaps) < slow_poll.poll_s / 4, gaps
 
